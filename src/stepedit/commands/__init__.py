@@ -1,0 +1,1 @@
+"""Sub-commands of the `stepedit` CLI, one module each (see `stepedit.cli`)."""
