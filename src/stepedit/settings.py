@@ -9,7 +9,7 @@ from __future__ import annotations
 import secrets
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -23,7 +23,7 @@ class Settings(BaseSettings):
     # Model and device. `model` is a checkpoint directory or "dummy:<preset>"; "fake[:seconds]"
     # selects the test-only fake editor (no torch), sleeping `seconds` per step.
     model: str | None = None
-    model_version: str | None = None
+    model_version: Literal["v1.0", "v1.1", "v1.2"] | None = None  # None: detected
     device: str | None = None  # None: cuda when present, else cpu
     dtype: str | None = None  # None: the pipeline's default for the device
     offload: bool = False
@@ -45,14 +45,10 @@ class Settings(BaseSettings):
     max_queue: int = 32
     max_attempts: int = 2  # a job interrupted by a restart is retried once, then failed
 
-    # Inputs.
-    max_input_bytes: int = 10 * 1024 * 1024
-    max_input_pixels: int = 4096 * 4096  # decompression-bomb guard
-    min_input_side: int = 64
-    max_input_side: int = 4096
-    max_prompt_chars: int = 2048
-    allow_private_urls: bool = False
-    url_fetch_timeout_s: float = 10.0
+    # Inputs (names shared with stepedit.inputs.rules_from_settings / fetch_policy_from_settings).
+    max_upload_bytes: int = 10 * 1024 * 1024
+    allow_private_urls: bool = False  # image URLs (and webhooks) to loopback/private ranges
+    image_fetch_timeout_s: float = 10.0
 
     # Webhooks.
     webhook_secret: str | None = None  # None: generated once and kept in data_dir

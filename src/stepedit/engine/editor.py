@@ -1,0 +1,74 @@
+"""The `Editor` protocol the worker runs, and `FakeEditor` for tests (no torch, no model).
+
+An editor owns a model on a device and turns one `EditRequest` plus its source image into
+images. `request.seed` is always set when the worker calls it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from PIL import Image, ImageOps
+
+from stepedit.request import EditRequest
+
+# (step, total_steps, stage) -> None. It may raise to abort the edit (cancellation).
+ProgressCallback = Callable[[int, int, str], None]
+
+
+@dataclass(frozen=True)
+class EditorResult:
+    images: list[Image.Image]
+    seeds: list[int]  # seeds[i] produced images[i]
+    prompt: str  # the instruction the model was conditioned on
+    passes: list[str]  # which passes ran ("edit", "thinking", "reflection", ...)
+    inference_s: float  # measured device time
+    stages_s: dict[str, float] = field(default_factory=dict)
+
+
+class Editor(Protocol):
+    def edit(
+        self, request: EditRequest, image: Image.Image, on_progress: ProgressCallback
+    ) -> EditorResult: ...
+
+
+class FakeEditor:
+    """Inverts the source image after `step_delay_s` per step (cog-style fake predictor).
+
+    Selected with the model source "fake" or "fake:<seconds per step>"; for tests only.
+    """
+
+    def __init__(self, step_delay_s: float = 0.0, *, fail_with: Exception | None = None) -> None:
+        self.step_delay_s = step_delay_s
+        self.fail_with = fail_with
+        self.calls: list[EditRequest] = []
+
+    @classmethod
+    def from_source(cls, source: str) -> FakeEditor:
+        _, _, delay = source.partition(":")
+        return cls(float(delay) if delay else 0.0)
+
+    def edit(
+        self, request: EditRequest, image: Image.Image, on_progress: ProgressCallback
+    ) -> EditorResult:
+        self.calls.append(request)
+        started = time.perf_counter()
+        total = request.num_inference_steps
+        for step in range(1, total + 1):
+            if self.step_delay_s:
+                time.sleep(self.step_delay_s)
+            on_progress(step, total, "denoise")
+        if self.fail_with is not None:
+            raise self.fail_with
+        assert request.seed is not None
+        edited = ImageOps.invert(image.convert("RGB"))
+        return EditorResult(
+            images=[edited.copy() for _ in range(request.num_images)],
+            seeds=[request.seed + i for i in range(request.num_images)],
+            prompt=request.prompt,
+            passes=["edit"],
+            inference_s=time.perf_counter() - started,
+        )

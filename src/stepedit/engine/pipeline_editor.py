@@ -1,0 +1,84 @@
+"""`PipelineEditor`: the real `Editor`, wrapping `stepedit.pipeline.EditPipeline`.
+
+The only engine module that imports torch; the API never imports it (load it lazily).
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from PIL import Image
+
+from stepedit.engine.editor import EditorResult, ProgressCallback
+from stepedit.pipeline import EditPipeline, PipelineProgress
+from stepedit.request import EditRequest
+from stepedit.settings import Settings
+
+_DTYPES = {
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+    "fp32": torch.float32,
+    "float32": torch.float32,
+}
+
+
+class PipelineEditor:
+    def __init__(self, pipeline: EditPipeline, device: torch.device) -> None:
+        self.pipeline = pipeline
+        self.device = device
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> PipelineEditor:
+        if not settings.model:
+            raise ValueError("no model source given (--model or STEPEDIT_MODEL)")
+        device = torch.device(settings.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        dtype = _DTYPES[settings.dtype.lower()] if settings.dtype else None
+        pipeline = EditPipeline.from_pretrained(
+            settings.model,
+            device=device,
+            dtype=dtype,
+            offload=settings.offload,
+            version=settings.model_version,
+        )
+        return cls(pipeline, device)
+
+    def edit(
+        self, request: EditRequest, image: Image.Image, on_progress: ProgressCallback
+    ) -> EditorResult:
+        def callback(progress: PipelineProgress) -> None:
+            on_progress(progress.step, progress.total_steps, progress.stage)
+
+        self._synchronize()
+        started = time.perf_counter()
+        output = self.pipeline(
+            image,
+            request.prompt,
+            negative_prompt=request.negative_prompt,
+            num_inference_steps=request.num_inference_steps,
+            guidance_scale=request.guidance_scale,
+            seed=request.seed,
+            num_images=request.num_images,
+            size_level=request.size_level,
+            strength=request.strength,
+            output_size=request.output_size,
+            enhance_prompt=request.enhance_prompt,
+            enable_thinking=request.enable_thinking,
+            enable_reflection=request.enable_reflection,
+            callback=callback,
+        )
+        self._synchronize()  # device time, not launch time
+        return EditorResult(
+            images=list(output.images),
+            seeds=list(output.seeds),
+            prompt=output.prompt,
+            passes=list(output.passes),
+            inference_s=time.perf_counter() - started,
+            stages_s=dict(output.timings),
+        )
+
+    def _synchronize(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
