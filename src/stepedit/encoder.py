@@ -1,0 +1,285 @@
+"""Qwen2.5-VL as Step1X-Edit's conditioning encoder: instruction + image -> hidden states.
+
+Follows the reference embedder step by step:
+1. one user turn: [the "Enhanced prompt" instruction prefix, the image, the instruction], rendered
+   with Qwen's chat template (default system turn, "Picture 1: " before the image, assistant
+   header);
+2. the image is first resized as `qwen_vl_utils.fetch_image` does (multiple of 28, default pixel
+   bounds), then the processor resizes it into 256..324 merged tokens;
+3. the token ids up to the image's <|vision_end|> come from the processor (image pads expanded);
+   from <|vision_end|> on they come from tokenizing the template in pieces, where each character
+   inside double quotes (past the prefix) is tokenized alone, so quoted text is spelled out;
+4. the attention mask is `input_ids > 0` (as the reference: token 0, "!", is masked too);
+5. the last hidden state minus the template prefix (system turn + instruction prefix) is the
+   embedding, padded or truncated to `max_length` with a mask.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from collections import OrderedDict
+from typing import Any
+
+import torch
+from PIL import Image
+from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
+
+logger = logging.getLogger(__name__)
+
+INSTRUCTION_PREFIX = (
+    'Given a user prompt, generate an "Enhanced prompt" that provides detailed visual descriptions'
+    " suitable for image generation. Evaluate the level of detail in the user prompt:\n"
+    "- If the prompt is simple, focus on adding specifics about colors, shapes, sizes, textures,"
+    " and spatial relationships to create vivid and concrete scenes.\n"
+    "- If the prompt is already detailed, refine and enhance the existing details slightly without"
+    " overcomplicating.\n\n"
+    "Here are examples of how to transform or refine prompts:\n"
+    "- User Prompt: A cat sleeping -> Enhanced: A small, fluffy white cat curled up in a round"
+    " shape, sleeping peacefully on a warm sunny windowsill, surrounded by pots of blooming red"
+    " flowers.\n"
+    "- User Prompt: A busy city street -> Enhanced: A bustling city street scene at dusk, featuring"
+    " glowing street lamps, a diverse crowd of people in colorful clothing, and a double-decker bus"
+    " passing by towering glass skyscrapers.\n\n"
+    "Please generate only the enhanced description for the prompt below and avoid including any"
+    " additional commentary or evaluations:\n"
+    "User Prompt:"
+)
+
+# The reference's processor bounds (in pixels): 256..324 merged 28x28 image tokens.
+MIN_PIXELS = 256 * 28 * 28
+MAX_PIXELS = 324 * 28 * 28
+# qwen_vl_utils' defaults, applied before the processor in the reference.
+VISION_UTILS_MIN_PIXELS = 4 * 28 * 28
+VISION_UTILS_MAX_PIXELS = 16384 * 28 * 28
+IMAGE_FACTOR = 28
+# Quotes before this character index (the system turn and the prefix's own "Enhanced prompt")
+# are left alone by the reference's quote splitting.
+QUOTE_SPLIT_START = 155
+
+Embedding = tuple[torch.Tensor, torch.Tensor]
+
+
+def split_quoted(text: str) -> list[str]:
+    """The reference's `split_string`: quoted characters become separate “c” pieces.
+
+    Single quotes and curly quotes count as double quotes. A quote closes its piece; text between
+    quotes is kept together.
+    """
+    text = text.replace("'", '"').replace("“", '"').replace("”", '"')
+    pieces: list[str] = []
+    in_quotes = False
+    pending = ""
+    for index, char in enumerate(text):
+        if char == '"' and index > QUOTE_SPLIT_START:
+            pending += char
+            if not in_quotes:
+                pieces.append(pending)
+                pending = ""
+            in_quotes = not in_quotes
+            continue
+        if in_quotes:
+            pieces.append("“" + char + "”")
+        else:
+            pending += char
+    if pending:
+        pieces.append(pending)
+    return pieces
+
+
+def vision_utils_size(width: int, height: int) -> tuple[int, int]:
+    """qwen_vl_utils' smart_resize with its default bounds: (width, height), multiples of 28."""
+    h_bar = max(IMAGE_FACTOR, round(height / IMAGE_FACTOR) * IMAGE_FACTOR)
+    w_bar = max(IMAGE_FACTOR, round(width / IMAGE_FACTOR) * IMAGE_FACTOR)
+    if h_bar * w_bar > VISION_UTILS_MAX_PIXELS:
+        beta = math.sqrt(height * width / VISION_UTILS_MAX_PIXELS)
+        h_bar = math.floor(height / beta / IMAGE_FACTOR) * IMAGE_FACTOR
+        w_bar = math.floor(width / beta / IMAGE_FACTOR) * IMAGE_FACTOR
+    elif h_bar * w_bar < VISION_UTILS_MIN_PIXELS:
+        beta = math.sqrt(VISION_UTILS_MIN_PIXELS / (height * width))
+        h_bar = math.ceil(height * beta / IMAGE_FACTOR) * IMAGE_FACTOR
+        w_bar = math.ceil(width * beta / IMAGE_FACTOR) * IMAGE_FACTOR
+    return w_bar, h_bar
+
+
+def image_digest(image: Image.Image) -> str:
+    digest = hashlib.sha256(image.tobytes())
+    digest.update(f"{image.mode}{image.size}".encode())
+    return digest.hexdigest()
+
+
+class QwenEditEncoder:
+    """`encoder(prompts, images) -> (emb [B, max_length, hidden], mask [B, max_length] long)`."""
+
+    def __init__(
+        self,
+        model: Qwen2_5_VLForConditionalGeneration,
+        processor: Qwen2_5_VLProcessor,
+        max_length: int = 640,
+        cache_size: int = 8,
+    ) -> None:
+        self.model = model
+        self.processor = processor
+        self.max_length = max_length
+        # The reference loads its processor with these bounds; set them whatever the folder says.
+        image_processor: Any = processor.image_processor
+        image_processor.size = {"shortest_edge": MIN_PIXELS, "longest_edge": MAX_PIXELS}
+        tokenizer: Any = processor.tokenizer
+        self.tokenizer = tokenizer
+        self.vision_end_id = int(tokenizer.convert_tokens_to_ids("<|vision_end|>"))
+        self.open_quote_id = self._single_token("“")
+        self.close_quote_id = self._single_token("”")
+        self.prefix_length = self._template_prefix_length()
+        self._cache: OrderedDict[tuple[str, str], Embedding] = OrderedDict()
+        self._cache_size = cache_size
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def _single_token(self, text: str) -> int | None:
+        ids = self.tokenizer(text).input_ids
+        return int(ids[0]) if len(ids) == 1 else None
+
+    def render(self, prompt: str) -> str:
+        messages: list[dict[str, Any]] = [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": INSTRUCTION_PREFIX},
+                    {"type": "image"},
+                    {"type": "text", "text": prompt},
+                ],
+            }
+        ]
+        text: str = self.processor.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True, add_vision_id=True
+        )
+        return text
+
+    def _template_prefix_length(self) -> int:
+        """How many leading tokens (system turn + instruction prefix) the embedding drops.
+
+        The reference hard-codes 217 for Qwen2.5-VL's tokenizer. Tokenizing the rendered template
+        up to the end of the prefix gives 218 tokens with that tokenizer, the last one being the
+        prefix's final ":"; the reference keeps that token, so the count is one less.
+        (Checked with Qwen's BPE ranks: tokens 215..217 of a rendered template are "User",
+        " Prompt", ":", and 2073/854 are “ and ”, the ids the reference tests for.)
+        """
+        text = self.render("")
+        head = text[: text.index(INSTRUCTION_PREFIX) + len(INSTRUCTION_PREFIX)]
+        return len(self.tokenizer(head).input_ids) - 1
+
+    def token_ids(self, text: str, expanded_ids: torch.Tensor) -> torch.Tensor:
+        """Merge the processor's ids (up to <|vision_end|>) with the quote-split ids after it."""
+        pieces: list[torch.Tensor] = []
+        for piece in split_quoted(text):
+            ids = torch.tensor(self.tokenizer(piece).input_ids, dtype=torch.long)
+            if (
+                len(ids) >= 2
+                and int(ids[0]) == self.open_quote_id
+                and int(ids[-1]) == self.close_quote_id
+            ):
+                ids = ids[1:-1]
+            pieces.append(ids)
+        split_ids = torch.cat(pieces)
+        cut_expanded = int((expanded_ids == self.vision_end_id).nonzero()[0, 0])
+        cut_split = int((split_ids == self.vision_end_id).nonzero()[0, 0])
+        return torch.cat([expanded_ids[:cut_expanded], split_ids[cut_split:]])
+
+    def qwen_view(self, image: Image.Image) -> Image.Image:
+        """The image as the reference hands it to the processor (after qwen_vl_utils' resize)."""
+        image = image.convert("RGB")
+        return image.resize(vision_utils_size(image.width, image.height))
+
+    @torch.inference_mode()
+    def encode_one(self, prompt: str, image: Image.Image) -> Embedding:
+        """(emb [max_length, hidden], mask [max_length]) for one instruction and image."""
+        text = self.render(prompt)
+        inputs = self.processor(
+            text=[text], images=[self.qwen_view(image)], padding=True, return_tensors="pt"
+        )
+        input_ids = self.token_ids(text, inputs["input_ids"][0]).unsqueeze(0).to(self.device)
+        attention_mask = (input_ids > 0).long()
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            pixel_values=inputs["pixel_values"].to(self.device, self.dtype),
+            image_grid_thw=inputs["image_grid_thw"].to(self.device),
+            output_hidden_states=True,
+        )
+        hidden = outputs.hidden_states[-1][0, self.prefix_length :][: self.max_length]
+        emb = torch.zeros(
+            self.max_length, hidden.shape[-1], dtype=self.dtype, device=self.device
+        )  # [max_length, hidden]
+        mask = torch.zeros(self.max_length, dtype=torch.long, device=self.device)
+        emb[: hidden.shape[0]] = hidden
+        mask[: hidden.shape[0]] = 1
+        return emb, mask
+
+    def __call__(
+        self, prompts: list[str], images: list[Image.Image], *, use_cache: bool = False
+    ) -> Embedding:
+        """(emb [B, max_length, hidden], mask [B, max_length] long), one row per prompt."""
+        if len(prompts) != len(images):
+            raise ValueError(f"{len(prompts)} prompts but {len(images)} images")
+        embs, masks = [], []
+        for prompt, image in zip(prompts, images, strict=True):
+            emb, mask = self._cached(prompt, image) if use_cache else self.encode_one(prompt, image)
+            embs.append(emb)
+            masks.append(mask)
+        return torch.stack(embs), torch.stack(masks)
+
+    def _cached(self, prompt: str, image: Image.Image) -> Embedding:
+        """Exact reuse of an earlier encoding (the negative prompt repeats across requests)."""
+        key = (prompt, image_digest(image))
+        hit = self._cache.get(key)
+        if hit is not None and hit[0].device == self.device and hit[0].dtype == self.dtype:
+            self._cache.move_to_end(key)
+            return hit
+        result = self.encode_one(prompt, image)
+        self._cache[key] = result
+        while len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+        return result
+
+    def clear_cache(self) -> None:
+        self._cache.clear()
+
+    @torch.inference_mode()
+    def generate(
+        self, messages: list[dict[str, Any]], max_new_tokens: int = 256, greedy: bool = True
+    ) -> str:
+        """Chat with the MLLM (for the reasoning passes): returns the assistant's reply text.
+
+        Images are given inline as `{"type": "image", "image": PIL.Image}` content items.
+        """
+        images = [
+            item["image"]
+            for message in messages
+            if not isinstance(message["content"], str)
+            for item in message["content"]
+            if item.get("type") == "image"
+        ]
+        text = self.processor.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True, add_vision_id=True
+        )
+        inputs = self.processor(
+            text=[text],
+            images=[self.qwen_view(image) for image in images] or None,
+            padding=True,
+            return_tensors="pt",
+        ).to(self.device)
+        if "pixel_values" in inputs:
+            inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
+        output = self.model.generate(
+            **inputs, max_new_tokens=max_new_tokens, do_sample=not greedy
+        )  # [1, prompt + new]
+        new_tokens = output[:, inputs["input_ids"].shape[1] :]
+        reply: str = self.processor.batch_decode(new_tokens, skip_special_tokens=True)[0]
+        return reply
