@@ -1,0 +1,91 @@
+"""Wire models of the native job API: `JobCreate` in, `JobOut` out (CONTRACTS.md JobView)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from stepedit.request import MAX_IMAGES_PER_REQUEST, MAX_SEED, EditRequest
+
+MAX_PROMPT_CHARS = 2048
+
+
+class JobCreate(BaseModel):
+    """The fields of `EditRequest`, with their ranges. `image` only for JSON bodies."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
+    negative_prompt: str = Field(default="", max_length=MAX_PROMPT_CHARS)
+    seed: int | None = Field(default=None, ge=-1, le=MAX_SEED, description="-1 or null: random")
+    guidance_scale: float = Field(default=6.0, ge=0.0, le=20.0)
+    num_inference_steps: int = Field(default=28, ge=1, le=100)
+    size_level: Literal[512, 768, 1024] = 1024
+    output_size: Literal["input", "working"] = "input"
+    num_images: int = Field(default=1, ge=1, le=MAX_IMAGES_PER_REQUEST)
+    strength: float = Field(default=1.0, ge=0.0, le=1.0)
+    enable_thinking: bool | None = None
+    enable_reflection: bool | None = None
+    enhance_prompt: bool = False
+    output_format: Literal["png", "jpeg", "webp"] = "png"
+    webhook_url: str | None = Field(default=None, max_length=2048)
+
+    def to_request(self) -> EditRequest:
+        return EditRequest(
+            prompt=self.prompt,
+            negative_prompt=self.negative_prompt,
+            seed=None if self.seed is None or self.seed < 0 else self.seed,
+            guidance_scale=self.guidance_scale,
+            num_inference_steps=self.num_inference_steps,
+            size_level=self.size_level,
+            output_size=self.output_size,
+            num_images=self.num_images,
+            strength=self.strength,
+            enable_thinking=self.enable_thinking,
+            enable_reflection=self.enable_reflection,
+            enhance_prompt=self.enhance_prompt,
+            output_format=self.output_format,
+        )
+
+
+class JobCreateJSON(JobCreate):
+    image: str = Field(description="data URI, raw base64 or a public http(s) URL")
+
+
+class ProgressOut(BaseModel):
+    step: int
+    total_steps: int
+    stage: str
+
+
+class OutputOut(BaseModel):
+    url: str
+    seed: int
+    nsfw: bool
+
+
+class ErrorOut(BaseModel):
+    code: str
+    message: str
+
+
+class JobOut(BaseModel):
+    id: str
+    status: Literal["queued", "processing", "succeeded", "failed", "canceled"]
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+    request: dict[str, Any]
+    seed: int
+    progress: ProgressOut
+    outputs: list[OutputOut]
+    prompt_used: str | None
+    passes: list[str]
+    error: ErrorOut | None
+    timings: dict[str, float | None]
+
+
+class JobList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[JobOut]
