@@ -20,8 +20,8 @@ import logging
 import re
 import socket
 import warnings
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
@@ -33,6 +33,7 @@ from stepedit.errors import ImageFetchError, InvalidInput, PayloadTooLarge, Unsu
 logger = logging.getLogger(__name__)
 
 MB = 1024 * 1024
+DEFAULT_MAX_PROMPT_CHARS = 2048  # flavours without a published limit; seed 002 says 512
 # Pillow format names -> the names users know.
 FORMAT_NAMES = {"JPEG": "jpeg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp"}
 
@@ -85,32 +86,49 @@ class DecodedImage:
         return buffer.getvalue()
 
 
+def _setting(settings: Any, *names: str) -> Any:
+    for name in names:
+        value = getattr(settings, name, None)
+        if value is not None:
+            return value
+    return None
+
+
 def rules_from_settings(settings: Any, base: ImageRules = DEFAULT_RULES) -> ImageRules:
-    """`base` with `settings.max_upload_bytes` applied where the settings define it."""
-    max_bytes = getattr(settings, "max_upload_bytes", None)
-    if isinstance(max_bytes, int) and max_bytes > 0:
-        return ImageRules(
-            formats=base.formats,
-            max_bytes=min(base.max_bytes, max_bytes),
-            min_side=base.min_side,
-            max_side=base.max_side,
-            max_pixels=base.max_pixels,
-            max_aspect=base.max_aspect,
-        )
-    return base
+    """`base` tightened by the server's input limits (`max_upload_bytes`, and where defined
+    `max_input_pixels`, `min_input_side`, `max_input_side`). A flavour's own published limits
+    (seed 002) are never loosened by the settings."""
+
+    def limit(current: int, pick: Callable[[int, int], int], *names: str) -> int:
+        value = _setting(settings, *names)
+        return pick(current, value) if isinstance(value, int) and value > 0 else current
+
+    return replace(
+        base,
+        max_bytes=limit(base.max_bytes, min, "max_upload_bytes", "max_input_bytes"),
+        max_pixels=limit(base.max_pixels, min, "max_input_pixels"),
+        min_side=limit(base.min_side, max, "min_input_side"),
+        max_side=limit(base.max_side, min, "max_input_side"),
+    )
 
 
 def fetch_policy_from_settings(settings: Any) -> FetchPolicy:
-    """A FetchPolicy from whatever of `allow_private_urls`, `max_upload_bytes`,
-    `image_fetch_timeout_s` the settings object defines (missing ones keep the defaults)."""
+    """The URL policy from `allow_private_urls`, `max_upload_bytes` and `image_fetch_timeout_s`
+    (missing ones keep the defaults)."""
     default = FetchPolicy()
+    max_bytes = _setting(settings, "max_upload_bytes", "max_input_bytes")
+    timeout_s = _setting(settings, "image_fetch_timeout_s", "url_fetch_timeout_s")
     return FetchPolicy(
-        allow_private_urls=bool(
-            getattr(settings, "allow_private_urls", default.allow_private_urls)
-        ),
-        max_bytes=int(getattr(settings, "max_upload_bytes", default.max_bytes)),
-        timeout_s=float(getattr(settings, "image_fetch_timeout_s", default.timeout_s)),
+        allow_private_urls=bool(_setting(settings, "allow_private_urls")),
+        max_bytes=int(max_bytes) if max_bytes else default.max_bytes,
+        timeout_s=float(timeout_s) if timeout_s else default.timeout_s,
     )
+
+
+def max_prompt_chars(settings: Any) -> int:
+    """`settings.max_prompt_chars` where defined; the default otherwise."""
+    value = _setting(settings, "max_prompt_chars")
+    return value if isinstance(value, int) and value > 0 else DEFAULT_MAX_PROMPT_CHARS
 
 
 # --- decoding -------------------------------------------------------------------------------
@@ -259,17 +277,30 @@ async def load_image_source(
         )
     else:
         data = decode_base64_source(value, max_bytes=rules.max_bytes, param=param)
-    return decode_image(data, rules, param=param)
+    return await asyncio.to_thread(decode_image, data, rules, param=param)
+
+
+async def check_callback_url(url: str, policy: FetchPolicy, *, param: str = "webhook") -> str:
+    """A webhook URL the server may POST to: http(s), resolvable, and (unless the policy allows
+    private addresses) only public addresses."""
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InvalidInput("The webhook must be an http(s) URL.", param=param)
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        addresses = await resolve_addresses(parts.hostname, port)
+    except (OSError, ValueError):
+        raise InvalidInput("The webhook URL's host could not be resolved.", param=param) from None
+    if not policy.allow_private_urls and any(is_blocked_address(a) for a in addresses):
+        raise InvalidInput(
+            "The webhook URL points to a private or loopback address, which is not allowed.",
+            param=param,
+        )
+    return url.strip()
 
 
 def _tighter(policy: FetchPolicy, max_bytes: int) -> FetchPolicy:
-    return FetchPolicy(
-        allow_private_urls=policy.allow_private_urls,
-        max_bytes=min(policy.max_bytes, max_bytes),
-        timeout_s=policy.timeout_s,
-        max_redirects=policy.max_redirects,
-        user_agent=policy.user_agent,
-    )
+    return replace(policy, max_bytes=min(policy.max_bytes, max_bytes))
 
 
 # --- URL fetching ---------------------------------------------------------------------------
@@ -433,3 +464,18 @@ def _redacted(url: str) -> str:
     """A URL for logs: no query string (may carry signed tokens), no credentials."""
     parts = urlsplit(url)
     return f"{parts.scheme}://{parts.hostname}{parts.path}"
+
+
+# --- text -----------------------------------------------------------------------------------
+
+
+def check_prompt(prompt: str, max_chars: int, *, param: str = "prompt") -> str:
+    """The prompt, stripped; InvalidInput when empty or longer than `max_chars` characters."""
+    text = prompt.strip()
+    if not text:
+        raise InvalidInput("The prompt must not be empty.", param=param)
+    if len(prompt) > max_chars:
+        raise InvalidInput(
+            f"The prompt is {len(prompt)} characters long; the limit is {max_chars}.", param=param
+        )
+    return text
