@@ -68,6 +68,7 @@
 
   const state = {
     file: null, // File chosen by picker or drop
+    fileUnreadable: false, // the browser could not decode it: not worth uploading
     sourceUrl: null, // object URL (file) or the pasted URL, shown as "before"
     jobId: null,
     abort: null, // AbortController of the running job's requests
@@ -246,6 +247,7 @@
   function resetSource() {
     if (state.file && state.sourceUrl) URL.revokeObjectURL(state.sourceUrl);
     state.file = null;
+    state.fileUnreadable = false;
     state.sourceUrl = null;
     el.preview.hidden = true;
     el.preview.removeAttribute("src");
@@ -256,7 +258,10 @@
   el.preview.addEventListener("error", () => {
     if (!el.preview.getAttribute("src")) return;
     el.preview.hidden = true;
-    if (state.file) showError(`"${state.file.name}" could not be read as an image.`);
+    if (state.file) {
+      state.fileUnreadable = true;
+      showError(`"${state.file.name}" could not be read as an image. Use a PNG, JPEG or WebP file.`);
+    }
   });
 
   function formatBytes(n) {
@@ -366,6 +371,8 @@
 
   function validate(params) {
     if (!state.file && !el.url.value.trim()) return "Choose an image or paste a public image URL.";
+    if (state.fileUnreadable)
+      return `"${state.file.name}" could not be read as an image. Use a PNG, JPEG or WebP file.`;
     if (!params.prompt) return "Write an instruction describing the edit.";
     if (!(params.guidance_scale >= 0 && params.guidance_scale <= 20))
       return "Guidance scale must be between 0 and 20.";
@@ -772,7 +779,7 @@
     const entry = {
       id: job.id,
       at: job.created_at || new Date().toISOString(),
-      params: { ...params, seed: shown.length ? shown[0].seed : params.seed },
+      params: { ...params, seed: job.seed ?? (shown.length ? shown[0].seed : params.seed) },
       source,
       outputs: shown.map((s) => ({ url: s.url, seed: s.seed })),
       thumb: shown.length ? await makeThumb(shown[0].objectUrl) : null,
