@@ -113,6 +113,10 @@ def noise_for_strength(
     """
     if not 0.0 <= strength <= 1.0:
         raise ValueError(f"strength must be in [0, 1], got {strength}")
+    if strength == 1.0:
+        # The reference's path without an init image: exactly the noise. (The shifted schedule's
+        # first value is 1 - 6e-8 in float32, so the blend below would leak a trace of init.)
+        return noise, timesteps
     num_steps = len(timesteps) - 1
     t_idx = int((1 - strength) * num_steps)
     t = timesteps[t_idx]
