@@ -1,0 +1,90 @@
+"""Which speed and memory optimizations to apply, one switch each, and the named presets.
+
+Every switch is independent so the bench can measure each on its own. Exact switches change
+speed or memory but not the result beyond float rounding; approximate ones (`fp8`, `step_cache`)
+trade quality for speed and the bench reports their deviation from the exact path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Literal
+
+# "auto" picks the fastest kernel the device has: FlashAttention-3 if installed on Hopper, then
+# cuDNN SDPA, then PyTorch's own choice. "sdpa" leaves PyTorch's dispatcher alone.
+AttentionChoice = Literal["auto", "sdpa", "flash3", "cudnn"]
+
+CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
+
+PresetName = Literal["plain", "exact", "fast", "24gb"]
+
+
+@dataclass(frozen=True)
+class StepCacheConfig:
+    """First-block cache: skip the rest of the DiT while the first block's residual barely moves.
+
+    `threshold` is the relative L1 change of the first double block's output residual under
+    which the cached residual of the remaining blocks is reused; 0 never skips (exact).
+    """
+
+    threshold: float = 0.08
+    warmup_steps: int = 2  # always compute the first steps: the image layout is decided there
+    max_consecutive_skips: int = 3  # bounds the drift of one reused residual
+
+    def __post_init__(self) -> None:
+        if self.threshold < 0:
+            raise ValueError(f"step cache threshold must be >= 0, got {self.threshold}")
+        if self.warmup_steps < 1:
+            raise ValueError(f"warmup_steps must be >= 1, got {self.warmup_steps}")
+        if self.max_consecutive_skips < 1:
+            raise ValueError(
+                f"max_consecutive_skips must be >= 1, got {self.max_consecutive_skips}"
+            )
+
+
+@dataclass(frozen=True)
+class OptimizationConfig:
+    attention: AttentionChoice = "sdpa"
+    batch_cfg: bool = False  # cond and uncond in one DiT forward instead of two
+    compile_blocks: bool = False  # torch.compile each double/single block (dynamic=False)
+    compile_mode: CompileMode = "default"
+    fp8: bool = False  # torchao float8 dynamic activation + weight for the DiT blocks' Linears
+    cache_negative_encoding: bool = False  # reuse MLLM encodings of repeated (prompt, image)
+    step_cache: StepCacheConfig | None = None
+    vae_tiling: bool = False  # decode large latents tile by tile
+    vae_tile_min_pixels: int = 1536 * 1536  # only images above this many pixels are tiled
+    offload_mllm: bool = False  # keep the MLLM in pinned CPU memory; on the GPU only to encode
+
+    @property
+    def is_exact(self) -> bool:
+        """True when the result equals the plain path up to float rounding."""
+        return not self.fp8 and self.step_cache is None
+
+
+PLAIN = OptimizationConfig()
+EXACT = OptimizationConfig(
+    attention="auto",
+    batch_cfg=True,
+    compile_blocks=True,
+    cache_negative_encoding=True,
+    vae_tiling=True,
+)
+FAST = replace(EXACT, fp8=True, step_cache=StepCacheConfig())
+# 24 GB cards: DiT resident in FP8 (about 12 GB for 12B parameters), the 7B MLLM streamed in from
+# pinned host memory for the one encode per edit, VAE tiled. No step cache: it stays exact but FP8.
+LOW_MEMORY = replace(EXACT, fp8=True, offload_mllm=True)
+
+PRESETS: dict[str, OptimizationConfig] = {
+    "plain": PLAIN,
+    "exact": EXACT,
+    "fast": FAST,
+    "24gb": LOW_MEMORY,
+}
+
+
+def preset(name: str) -> OptimizationConfig:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        known = sorted(PRESETS)
+        raise ValueError(f"unknown optimization preset {name!r}; known: {known}") from None
