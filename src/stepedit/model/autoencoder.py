@@ -213,5 +213,56 @@ class AutoEncoder(nn.Module):
         """z [B, 16, h, w] -> image [B, 3, 8h, 8w], roughly in [-1, 1] (not clamped)."""
         return self.decoder(z / self.scale_factor + self.shift_factor)
 
+    def decode_tiled(self, z: Tensor, tile: int = 64, overlap: int = 16) -> Tensor:
+        """`decode` in overlapping latent tiles of tile x tile, blended linearly across seams.
+
+        Peak memory is that of one tile instead of the whole image. GroupNorm statistics are
+        per tile, so the result is close to, not equal to, `decode` (equal when one tile fits).
+        """
+        if not 0 <= overlap < tile:
+            raise ValueError(f"need 0 <= overlap < tile, got overlap={overlap}, tile={tile}")
+        height, width = z.shape[-2:]
+        if height <= tile and width <= tile:
+            return self.decode(z)
+        f = self.config.downsample_factor
+        out: Tensor | None = None
+        weight = torch.zeros(1, 1, height * f, width * f, device=z.device, dtype=torch.float32)
+        for y0 in _tile_starts(height, tile, tile - overlap):
+            for x0 in _tile_starts(width, tile, tile - overlap):
+                piece = self.decode(z[..., y0 : y0 + tile, x0 : x0 + tile]).float()
+                ph, pw = piece.shape[-2:]
+                ramp = _seam_ramp(ph, overlap * f, y0 > 0, y0 + tile < height, z.device)[:, None]
+                ramp = ramp * _seam_ramp(pw, overlap * f, x0 > 0, x0 + tile < width, z.device)
+                if out is None:
+                    out = torch.zeros(*piece.shape[:2], height * f, width * f, device=z.device)
+                region = (..., slice(y0 * f, y0 * f + ph), slice(x0 * f, x0 * f + pw))
+                out[region] += piece * ramp
+                weight[region] += ramp
+        assert out is not None
+        return (out / weight).to(z.dtype)
+
     def forward(self, x: Tensor) -> Tensor:
         return self.decode(self.encode(x))
+
+
+def _tile_starts(size: int, tile: int, stride: int) -> list[int]:
+    """Start offsets covering [0, size) with tiles of `tile`; the last tile ends at `size`."""
+    if size <= tile:
+        return [0]
+    starts = list(range(0, size - tile, stride))
+    return [*starts, size - tile]
+
+
+def _seam_ramp(
+    length: int, ramp: int, fade_in: bool, fade_out: bool, device: torch.device
+) -> Tensor:
+    """1-D blend weights: rising over `ramp` pixels at a leading seam, falling at a trailing one."""
+    weights = torch.ones(length, device=device)
+    if ramp == 0:
+        return weights
+    rising = (torch.arange(ramp, device=device) + 0.5) / ramp  # strictly positive
+    if fade_in:
+        weights[:ramp] = torch.minimum(weights[:ramp], rising)
+    if fade_out:
+        weights[-ramp:] = torch.minimum(weights[-ramp:], rising.flip(0))
+    return weights
