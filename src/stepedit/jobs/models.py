@@ -125,9 +125,11 @@ class JobRecord(Base):
         self.progress_stage = "canceled"
 
     def requeue(self, now: datetime) -> None:
-        """Back to the queue after the server died while this job ran."""
+        """Back to the queue after the server died while this job ran.
+
+        `queued_at` is kept, so the job keeps its place at the head of the queue.
+        """
         self._move(JobStatus.QUEUED)
-        self.queued_at = now
         self.started_at = None
         self.progress_step = 0
         self.progress_stage = "queued"

@@ -1,0 +1,198 @@
+"""The native job API through the app: submit, follow, files, cancel, auth, health, metrics."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from stepedit.api.app import create_app
+from stepedit.jobs.service import JobService
+from stepedit.settings import Settings
+
+
+def make_png() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), (20, 120, 200)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def wait_terminal(client: TestClient, job_id: str, **kwargs: Any) -> dict[str, Any]:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        job: dict[str, Any] = client.get(f"/v1/jobs/{job_id}", **kwargs).json()
+        if job["status"] in ("succeeded", "failed", "canceled"):
+            return job
+        time.sleep(0.02)
+    raise AssertionError(f"job {job_id} did not finish")
+
+
+def submit(client: TestClient, **fields: Any) -> dict[str, Any]:
+    data = {"prompt": "make it blue", "num_inference_steps": "3", **fields}
+    response = client.post(
+        "/v1/jobs", files={"image": ("a.png", make_png(), "image/png")}, data=data
+    )
+    assert response.status_code == 202, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def test_multipart_job_runs_and_serves_its_output(client: TestClient) -> None:
+    created = submit(client, seed="1234", guidance_scale="4.5")
+    assert created["status"] in ("queued", "processing")
+    job = wait_terminal(client, created["id"])
+    assert job["status"] == "succeeded"
+    assert job["request"]["guidance_scale"] == 4.5
+    assert job["outputs"][0]["seed"] == 1234
+    assert job["progress"] == {"step": 3, "total_steps": 3, "stage": "done"}
+    assert job["timings"]["inference_ms"] >= 0
+    url = job["outputs"][0]["url"]
+    assert url.startswith("http://testserver/files/")
+    image = client.get(url)
+    assert image.status_code == 200 and image.headers["content-type"] == "image/png"
+    assert client.get(url.replace(".png", ".jpg")).status_code == 404
+
+
+def test_json_job_with_data_uri(client: TestClient) -> None:
+    data_uri = "data:image/png;base64," + base64.b64encode(make_png()).decode()
+    response = client.post("/v1/jobs", json={"prompt": "x", "image": data_uri, "seed": -1})
+    assert response.status_code == 202, response.text
+    job = wait_terminal(client, response.json()["id"])
+    assert job["status"] == "succeeded" and job["request"]["seed"] is None
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"prompt": "x", "image": "not base64 !!"}, "image"),
+        ({"prompt": "x", "image": "http://127.0.0.1:1/a.png"}, "image"),
+        ({"prompt": "", "image": "aGk="}, "prompt"),
+        ({"prompt": "x", "image": "aGk=", "num_inference_steps": 0}, "num_inference_steps"),
+        ({"prompt": "x", "image": "aGk=", "guidance_scale": "big"}, "guidance_scale"),
+        ({"prompt": "x" * 5000, "image": "aGk="}, "prompt"),
+    ],
+)
+def test_bad_json_input_gets_a_native_error(
+    client: TestClient, body: dict[str, Any], param: str
+) -> None:
+    response = client.post("/v1/jobs", json=body)
+    assert 400 <= response.status_code < 500
+    error = response.json()["error"]
+    assert set(error) >= {"code", "message", "param"} and error["param"] == param
+
+
+def test_not_an_image_and_not_json(client: TestClient) -> None:
+    response = client.post(
+        "/v1/jobs", files={"image": ("a.png", b"hello", "image/png")}, data={"prompt": "x"}
+    )
+    assert 400 <= response.status_code < 500 and "error" in response.json()
+    response = client.post(
+        "/v1/jobs", content=b"{oops", headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_request"
+    response = client.post("/v1/jobs", content=b"x", headers={"content-type": "text/plain"})
+    assert response.status_code == 415
+
+
+def test_unknown_job_is_404(client: TestClient) -> None:
+    for path in ("/v1/jobs/nope", "/v1/jobs/" + "a" * 300):
+        response = client.get(path)
+        assert response.status_code == 404 and response.json()["error"]["code"] == "not_found"
+    assert client.post("/v1/jobs/nope/cancel").status_code == 404
+    assert client.get("/v1/jobs/nope/events").status_code == 404
+
+
+def test_list_newest_first(client: TestClient) -> None:
+    ids = [submit(client)["id"] for _ in range(3)]
+    listed = client.get("/v1/jobs", params={"limit": 2}).json()
+    assert listed["object"] == "list"
+    assert [job["id"] for job in listed["data"]] == ids[::-1][:2]
+
+
+def test_events_stream_ends_with_the_terminal_job(client: TestClient) -> None:
+    job_id = submit(client)["id"]
+    with client.stream("GET", f"/v1/jobs/{job_id}/events") as stream:
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        events = [line for line in stream.iter_lines() if line.startswith("data:")]
+    last = json.loads(events[-1].removeprefix("data:"))
+    assert last["id"] == job_id and last["status"] == "succeeded"
+
+
+def test_cancel_a_queued_job(settings: Settings, job_service: JobService) -> None:
+    # no worker: the job stays queued
+    with TestClient(create_app(settings, job_service)) as client:
+        job_id = submit(client)["id"]
+        canceled = client.post(f"/v1/jobs/{job_id}/cancel").json()
+    assert canceled["status"] == "canceled"
+    assert not list((settings.data_dir / "inputs").iterdir())  # upload deleted
+
+
+def test_queue_full_is_a_clean_busy_answer(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "data", max_queue=1)
+    service = JobService(settings)
+    with TestClient(create_app(settings, service)) as client:
+        submit(client)
+        response = client.post(
+            "/v1/jobs", files={"image": ("a.png", make_png(), "image/png")}, data={"prompt": "x"}
+        )
+    service.close()
+    assert response.status_code in (429, 503)
+    assert response.json()["error"]["code"] == "queue_full"
+    assert "retry-after" in response.headers
+
+
+def test_api_keys_isolate_owners(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "data", api_keys=["key-a", "key-b"])
+    service = JobService(settings)
+    alice = {"Authorization": "Bearer key-a"}
+    bob = {"Authorization": "Bearer key-b"}
+    with TestClient(create_app(settings, service)) as client:
+        assert client.get("/v1/jobs").status_code == 401
+        assert client.get("/v1/jobs", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        response = client.post(
+            "/v1/jobs",
+            files={"image": ("a.png", make_png(), "image/png")},
+            data={"prompt": "x"},
+            headers=alice,
+        )
+        job_id = response.json()["id"]
+        assert client.get(f"/v1/jobs/{job_id}", headers=alice).status_code == 200
+        assert client.get(f"/v1/jobs/{job_id}", headers=bob).status_code == 404
+        assert client.post(f"/v1/jobs/{job_id}/cancel", headers=bob).status_code == 404
+        assert client.get("/v1/jobs", headers=bob).json()["data"] == []
+    service.close()
+
+
+def test_api_keys_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STEPEDIT_API_KEYS", "one, two")
+    assert Settings().api_keys == ["one", "two"]
+
+
+def test_health_follows_the_model(settings: Settings, job_service: JobService) -> None:
+    with TestClient(create_app(settings, job_service)) as client:
+        assert client.get("/health").status_code == 503
+        job_service.set_ready(True)
+        response = client.get("/health")
+    assert (response.status_code, response.json()) == (200, {"status": "ok"})
+
+
+def test_metrics(client: TestClient) -> None:
+    wait_terminal(client, submit(client)["id"])
+    text = client.get("/metrics").text
+    assert "stepedit_queue_depth 0.0" in text
+    assert 'stepedit_jobs{status="succeeded"} 1.0' in text
+    assert "stepedit_job_latency_seconds_count" in text
+    assert "stepedit_job_gpu_seconds_count 1.0" in text
+
+
+def test_openapi_documents_the_native_api(client: TestClient) -> None:
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/v1/jobs", "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/cancel"} <= set(paths)
+    assert "multipart/form-data" in paths["/v1/jobs"]["post"]["requestBody"]["content"]
