@@ -37,6 +37,8 @@ from stepedit.errors import (
     Unauthorized,
     UnsupportedMediaType,
 )
+from stepedit.jobs.state import JobStatus
+from stepedit.jobs.views import JobView
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +86,19 @@ class SyncTimeout(StepEditError):
 _INPUT_ERRORS: dict[str, type[InvalidInput]] = {
     cls.code: cls for cls in (InvalidInput, UnsupportedMediaType, PayloadTooLarge, ImageFetchError)
 }
+
+
+def check_job_succeeded(view: JobView, waited_s: float) -> None:
+    """For synchronous flavours: raise unless `view` (after waiting `waited_s`) succeeded."""
+    if view.status is JobStatus.SUCCEEDED:
+        return
+    if not view.is_terminal:
+        raise SyncTimeout(f"The edit did not finish within {waited_s:g} s (job {view.id}).")
+    raise job_failure(
+        view.error.code if view.error else None,
+        view.error.message if view.error else None,
+        canceled=view.status is JobStatus.CANCELED,
+    )
 
 
 def job_failure(code: str | None, message: str | None, *, canceled: bool = False) -> StepEditError:

@@ -12,10 +12,9 @@ from starlette.datastructures import FormData
 from starlette.datastructures import UploadFile as StarletteUploadFile
 
 from stepedit.api.deps import AppSettings, Jobs, Owner
-from stepedit.api.errors import Flavour, SyncTimeout, error_responses, job_failure
+from stepedit.api.errors import Flavour, check_job_succeeded, error_responses
 from stepedit.errors import InvalidInput, PayloadTooLarge
 from stepedit.inputs import OPENAI_EDITS_RULES, check_prompt, decode_image, rules_from_settings
-from stepedit.jobs.state import JobStatus
 from stepedit.jobs.views import JobView
 
 from .adapter import to_edit_request, to_response
@@ -58,7 +57,7 @@ async def edit_image(
         edit_request, await asyncio.to_thread(decoded.to_png_bytes), owner=owner, flavour=FLAVOUR
     )
     view = await jobs.wait(view.id, owner, SYNC_WAIT_S)
-    check_succeeded(view)
+    check_job_succeeded(view, SYNC_WAIT_S)
     base64_outputs = None
     if form.response_format == "b64_json":
         base64_outputs = await asyncio.to_thread(read_outputs_base64, jobs, view)
@@ -89,18 +88,6 @@ async def read_upload(upload: StarletteUploadFile, max_bytes: int) -> bytes:
             f"The image is larger than the limit of {max_bytes} bytes.", param="image"
         )
     return data
-
-
-def check_succeeded(view: JobView) -> None:
-    if view.status is JobStatus.SUCCEEDED:
-        return
-    if not view.is_terminal:
-        raise SyncTimeout(f"The edit did not finish within {SYNC_WAIT_S:g} s (job {view.id}).")
-    raise job_failure(
-        view.error.code if view.error else None,
-        view.error.message if view.error else None,
-        canceled=view.status is JobStatus.CANCELED,
-    )
 
 
 def read_outputs_base64(jobs: Jobs, view: JobView) -> list[str]:
