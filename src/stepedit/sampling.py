@@ -41,7 +41,11 @@ def get_schedule(
     max_shift: float = 1.15,
     shift: bool = True,
 ) -> list[float]:
-    """num_steps + 1 times from 1.0 down to 0.0, shifted towards 1 for larger images."""
+    """num_steps + 1 times from 1.0 down to 0.0, shifted towards 1 for larger images.
+
+    image_seq_len: packed tokens of the noisy image only, (h/2)(w/2) for an h x w latent; the
+    reference tokens are not counted (as in the reference).
+    """
     timesteps = torch.linspace(1, 0, num_steps + 1)  # float32, like the reference
     if shift:
         mu = _shift_mu(image_seq_len, base_shift, max_shift)
