@@ -278,7 +278,8 @@ def _dim(shapes: Mapping[str, Shape], key: str, axis: int) -> int:
 def infer_dit_config(shapes: Mapping[str, Shape], version: ModelVersion) -> DiTConfig:
     """The DiT preset whose weight shapes these are (original layout has no config file).
 
-    Head counts and the RoPE split leave no trace in weight shapes, so the answer is a preset.
+    Head counts and the RoPE split leave no trace in weight shapes, so the answer is a preset:
+    the closest one of `version`, whose strict load then names any key that does not fit.
     """
     hidden = _dim(shapes, "img_in.weight", 0)
     found = {
@@ -295,13 +296,19 @@ def infer_dit_config(shapes: Mapping[str, Shape], version: ModelVersion) -> DiTC
         "connector_hidden_size": _dim(shapes, "connector.S.input_embedder.weight", 0),
         "connector_depth": _count(shapes, "connector.S.individual_token_refiner.blocks."),
     }
-    for name, preset in DIT_PRESETS.items():
-        if preset.version == version and all(getattr(preset, k) == v for k, v in found.items()):
-            logger.info("DiT weights match preset %r", name)
-            return preset
-    raise WeightsError(
-        f"DiT weights with {found} match no preset of {version} ({list(DIT_PRESETS)})"
-    )
+    candidates = [(n, p) for n, p in DIT_PRESETS.items() if p.version == version]
+
+    def agreement(item: tuple[str, DiTConfig]) -> int:
+        return sum(getattr(item[1], k) == v for k, v in found.items())
+
+    name, preset = max(candidates, key=agreement)
+    differing = {k: v for k, v in found.items() if getattr(preset, k) != v}
+    if differing:
+        # Load against the closest preset anyway: the strict check then names the bad keys.
+        logger.warning("DiT weights differ from the closest preset %r in %s", name, differing)
+    else:
+        logger.info("DiT weights match preset %r", name)
+    return preset
 
 
 def infer_ae_config(shapes: Mapping[str, Shape]) -> AutoEncoderConfig:

@@ -99,21 +99,25 @@ def assign_tensors(
     for key in source.names():
         owner_name, _, name = key.rpartition(".")
         owner = owners[owner_name]
-        tensor = source.get(key)
-        if tensor.dtype in FLOAT8_DTYPES and keep_fp8 and _is_linear_weight(owner, name):
-            tensor = tensor.to(device=device)
+        stored = source.get(key)
+        if stored.dtype in FLOAT8_DTYPES and keep_fp8 and _is_linear_weight(owner, name):
+            tensor = stored.to(device=device)
             if type(owner) is nn.Linear:
                 owner.__class__ = Float8StorageLinear
             kept_fp8 += 1
-        elif tensor.is_floating_point():
-            tensor = tensor.to(device=device, dtype=dtype)
+        elif stored.is_floating_point():
+            tensor = stored.to(device=device, dtype=dtype)
         else:
-            tensor = tensor.to(device=device)
+            tensor = stored.to(device=device)
+        if tensor.data_ptr() == stored.data_ptr():
+            # Still the file's memory map: own the memory, so the model neither changes if the
+            # file does nor runs on unaligned pages (which alters CPU kernels' rounding).
+            tensor = tensor.clone()
+        del stored
         if name in owner._parameters:
             owner._parameters[name] = nn.Parameter(tensor, requires_grad=False)
         else:
             owner._buffers[name] = tensor
-        del tensor  # drop our reference; the module holds the only one
     still_meta = [n for n, t in module.state_dict(keep_vars=True).items() if t.is_meta]
     still_meta += [n for n, b in module.named_buffers() if b.is_meta and n not in still_meta]
     if still_meta:
