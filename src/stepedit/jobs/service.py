@@ -573,7 +573,7 @@ class JobService:
         error = (
             ErrorView(record.error_code, record.error_message or "") if record.error_code else None
         )
-        stages = {k: float(v) * 1000 for k, v in json.loads(record.timings_json or "{}").items()}
+        stages = {k: round(float(v) * 1000, 1) for k, v in json.loads(record.timings_json or "{}").items()}
         return JobView(
             id=record.id,
             status=record.job_status,

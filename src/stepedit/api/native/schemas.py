@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from stepedit.request import MAX_IMAGES_PER_REQUEST, MAX_SEED, EditRequest
 
@@ -30,6 +30,14 @@ class JobCreate(BaseModel):
     enhance_prompt: bool = False
     output_format: Literal["png", "jpeg", "webp"] = "png"
     webhook_url: str | None = Field(default=None, max_length=2048)
+
+    @field_validator("size_level", mode="before")
+    @classmethod
+    def _size_level_from_form(cls, value: object) -> object:
+        # multipart fields arrive as text; a Literal of ints does not coerce "512" by itself
+        if isinstance(value, str) and value.strip().isdigit():
+            return int(value)
+        return value
 
     def to_request(self) -> EditRequest:
         return EditRequest(
