@@ -1,0 +1,91 @@
+"""Wire models of the reasoning edit endpoint `POST /v1/image/edit/` (seed 004).
+
+The seed publishes the request fields (image, model, prompt, operation, enable_thinking,
+enable_reflection, steps default 50, guidance_scale default 6.0) but not a response; the
+response below is stepedit's, designed to say plainly which passes ran.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from stepedit.request import MAX_SEED
+
+MODEL_ID = "step1x-edit"
+ResponseFormat = Literal["url", "b64_json"]
+
+# Operations Step1X-Edit does as an instruction edit (the prompt says what to change).
+INSTRUCTION_OPERATIONS = ("img2img", "edit", "style_transfer")
+# Operations that need inputs Step1X-Edit does not take (a mask, a larger canvas).
+UNSUPPORTED_OPERATIONS = {
+    "inpaint": "it needs a mask, which Step1X-Edit does not take",
+    "outpaint": "it needs a larger canvas, which Step1X-Edit does not produce",
+}
+
+
+class ReasoningEditRequest(BaseModel):
+    """JSON body, or the same fields as multipart form fields with `image` as a file.
+    Unknown fields are accepted (and logged)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str = Field(MODEL_ID, description=f"The model: {MODEL_ID}.")
+    prompt: str = Field(description="The edit instruction.")
+    image: str | None = Field(
+        default=None,
+        description="JSON: an http(s) URL, a data URI or raw base64. Multipart: the image file.",
+    )
+    operation: str = Field(
+        "img2img",
+        description="img2img (default), edit or style_transfer: an instruction edit. "
+        "inpaint and outpaint are refused (no mask or canvas input).",
+    )
+    enable_thinking: bool | None = Field(
+        default=None,
+        description="Run the MLLM thinking pass. Default: the model's (on for v1.2; v1.0/v1.1 "
+        "have no such pass).",
+    )
+    enable_reflection: bool | None = Field(
+        default=None, description="Run the reflection pass. Default: the model's (on for v1.2)."
+    )
+    steps: int = Field(50, ge=1, le=100, description="Inference steps (default 50).")
+    guidance_scale: float = Field(6.0, ge=0, le=20, description="Guidance scale (default 6.0).")
+    negative_prompt: str = ""
+    seed: int | None = Field(
+        default=None, ge=-1, le=MAX_SEED, description="Random seed; -1 or omitted: random."
+    )
+    response_format: ResponseFormat = "url"
+    enhance_prompt: bool = False
+
+
+class ReasoningImage(BaseModel):
+    url: str | None = None
+    b64_json: str | None = None
+    seed: int
+    nsfw: bool
+
+
+class PassReport(BaseModel):
+    requested: bool | None = Field(description="As sent; null: the model's default.")
+    ran: bool
+
+
+class ReasoningEditResponse(BaseModel):
+    id: str
+    object: Literal["image.edit"] = "image.edit"
+    created: int
+    model: str
+    operation: str
+    data: list[ReasoningImage]
+    seed: int = Field(description="The seed actually used (image i used seed + i).")
+    prompt: str = Field(description="The instruction as sent.")
+    prompt_used: str | None = Field(
+        description="The instruction the diffusion model was conditioned on (after thinking)."
+    )
+    passes: list[str] = Field(description='Every pass that ran, in order, e.g. ["edit"].')
+    thinking: PassReport
+    reflection: PassReport
+    timings: dict[str, float | None]
+    usage: dict[str, int]
