@@ -1,0 +1,97 @@
+"""`stepedit edit` end to end on CPU with the tiny random model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from stepedit.cli import main
+
+MODEL = "dummy:tiny-v1.1"
+FAST = ["--model", MODEL, "--size", "256", "--steps", "2", "--no-progress"]
+
+
+@pytest.fixture()
+def source(tmp_path: Path) -> Path:
+    path = tmp_path / "cat.png"
+    Image.linear_gradient("L").resize((300, 200)).convert("RGB").save(path)
+    return path
+
+
+def test_edit_writes_an_image_at_the_source_size(
+    source: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out.png"
+    code = main(["edit", str(source), "add a hat", "-o", str(out), "--seed", "3", *FAST])
+    assert code == 0
+    assert Image.open(out).size == (300, 200)
+    assert "seed=3" in capsys.readouterr().out
+
+
+def test_edit_several_images(source: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out.png"
+    assert main(["edit", str(source), "add a hat", "-o", str(out), "--n", "2", *FAST]) == 0
+    assert (tmp_path / "out-0.png").is_file() and (tmp_path / "out-1.png").is_file()
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--steps", "0"], "num_inference_steps"),
+        (["--strength", "2"], "strength"),
+        (["--size", "640x480"], "size"),
+    ],
+)
+def test_bad_parameters_exit_2_without_traceback(
+    source: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    extra: list[str],
+    message: str,
+) -> None:
+    args = ["edit", str(source), "add a hat", "-o", str(tmp_path / "o.png"), *FAST, *extra]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_missing_image_and_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = str(tmp_path / "o.png")
+    assert main(["edit", str(tmp_path / "nope.png"), "x", "-o", out, *FAST]) == 2
+    assert "image not found" in capsys.readouterr().err
+    (tmp_path / "a.png").write_bytes(b"not an image")
+    assert main(["edit", str(tmp_path / "a.png"), "x", "-o", out, *FAST]) == 2
+    assert "not a readable image" in capsys.readouterr().err
+
+
+def test_batch_jsonl_and_csv(source: Path, tmp_path: Path) -> None:
+    jsonl = tmp_path / "pairs.jsonl"
+    rows = [
+        {"image": source.name, "prompt": "add a hat", "seed": 1},
+        {"image": str(source), "instruction": "make it red", "seed": 2, "n": 2},
+    ]
+    jsonl.write_text("\n".join(json.dumps(row) for row in rows) + "\n")
+    out_dir = tmp_path / "out"
+    assert main(["edit", "--batch", str(jsonl), "-o", str(out_dir), *FAST]) == 0
+    results = [json.loads(line) for line in (out_dir / "results.jsonl").read_text().splitlines()]
+    assert [r["seeds"] for r in results] == [[1], [2, 3]]
+    for result in results:
+        for path in result["outputs"]:
+            assert Image.open(path).size == (300, 200)
+
+    csv_file = tmp_path / "pairs.csv"
+    csv_file.write_text(f"image,prompt,seed\n{source.name},add a hat,5\n")
+    assert main(["edit", "--batch", str(csv_file), "-o", str(tmp_path / "csv"), *FAST]) == 0
+    assert (tmp_path / "csv" / "0000-cat.png").is_file()
+
+
+def test_batch_with_a_bad_row_is_refused_before_loading(
+    source: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    jsonl = tmp_path / "pairs.jsonl"
+    jsonl.write_text(json.dumps({"image": source.name, "prompt": "x", "steps": 0}) + "\n")
+    assert main(["edit", "--batch", str(jsonl), "-o", str(tmp_path / "out"), *FAST]) == 2
+    assert "row 1" in capsys.readouterr().err
