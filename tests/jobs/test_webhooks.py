@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from stepedit.errors import InvalidInput
 from stepedit.jobs.service import JobService, ProducedImage
 from stepedit.jobs.webhooks import WebhookSender, sign, verify
 from stepedit.request import EditRequest
@@ -87,7 +88,7 @@ def test_signature_format_and_verification() -> None:
 
 
 def test_terminal_job_posts_one_signed_webhook(tmp_path: Path, receiver: Receiver) -> None:
-    service = JobService(Settings(data_dir=tmp_path / "data"))
+    service = JobService(Settings(data_dir=tmp_path / "data", allow_private_urls=True))
     job_id = run_one_job(service, receiver.url)
     receiver.wait_for(1)
     time.sleep(0.3)  # a second delivery would have arrived by now
@@ -105,7 +106,7 @@ def test_terminal_job_posts_one_signed_webhook(tmp_path: Path, receiver: Receive
 
 
 def test_flavour_renderer_shapes_the_body(tmp_path: Path, receiver: Receiver) -> None:
-    service = JobService(Settings(data_dir=tmp_path / "data"))
+    service = JobService(Settings(data_dir=tmp_path / "data", allow_private_urls=True))
     service.register_webhook_renderer("native", lambda view: {"custom": view.status.value})
     run_one_job(service, receiver.url)
     receiver.wait_for(1)
@@ -116,7 +117,9 @@ def test_flavour_renderer_shapes_the_body(tmp_path: Path, receiver: Receiver) ->
 def test_failed_deliveries_are_retried_with_backoff() -> None:
     receiver = Receiver(failures_before_success=2)
     sleeps: list[float] = []
-    sender = WebhookSender("whsec_x", max_attempts=5, backoff_s=0.5, sleep=sleeps.append)
+    sender = WebhookSender(
+        "whsec_x", max_attempts=5, backoff_s=0.5, allow_private=True, sleep=sleeps.append
+    )
     try:
         assert sender.deliver(receiver.url, "job1", b"{}")
     finally:
@@ -128,7 +131,9 @@ def test_failed_deliveries_are_retried_with_backoff() -> None:
 
 def test_retries_are_bounded() -> None:
     receiver = Receiver(failures_before_success=100)
-    sender = WebhookSender("whsec_x", max_attempts=3, backoff_s=0.0, sleep=lambda _s: None)
+    sender = WebhookSender(
+        "whsec_x", max_attempts=3, backoff_s=0.0, allow_private=True, sleep=lambda _s: None
+    )
     try:
         assert not sender.deliver(receiver.url, "job1", b"{}")
     finally:
@@ -141,3 +146,22 @@ def test_secret_is_generated_once_and_persisted(tmp_path: Path) -> None:
     secret = settings.resolved_webhook_secret()
     assert secret.startswith("whsec_") and len(secret) > 30
     assert Settings(data_dir=tmp_path / "data").resolved_webhook_secret() == secret
+
+
+def test_private_destinations_are_refused_by_default() -> None:
+    receiver = Receiver()
+    try:
+        assert not WebhookSender("whsec_x", max_attempts=1).deliver(receiver.url, "job1", b"{}")
+    finally:
+        receiver.server.shutdown()
+    assert receiver.calls == []
+
+
+@pytest.mark.parametrize("url", ["ftp://example.com/x", "not a url", "http:///nohost"])
+def test_unusable_webhook_urls_are_refused_at_submit(tmp_path: Path, url: str) -> None:
+    service = JobService(Settings(data_dir=tmp_path / "data"))
+    with pytest.raises(InvalidInput):
+        service.submit_sync(
+            EditRequest(prompt="x"), png(), owner=None, flavour="native", webhook_url=url
+        )
+    service.close()

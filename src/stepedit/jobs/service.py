@@ -45,7 +45,7 @@ from stepedit.jobs.state import JobStatus
 from stepedit.jobs.storage import FileStorage, is_token
 from stepedit.jobs.store import JobStore
 from stepedit.jobs.views import ErrorView, JobView, OutputView, ProgressView, TimingsView
-from stepedit.jobs.webhooks import WebhookSender
+from stepedit.jobs.webhooks import WebhookSender, check_webhook_url
 from stepedit.request import MAX_SEED, EditRequest
 from stepedit.settings import Settings
 
@@ -144,6 +144,7 @@ class JobService:
             max_attempts=settings.webhook_max_attempts,
             backoff_s=settings.webhook_backoff_s,
             timeout_s=settings.webhook_timeout_s,
+            allow_private=settings.allow_private_urls,
         )
         self.metrics = JobMetrics(self.count_by_status)
         self.is_ready = False  # set by the worker once the model is loaded
@@ -270,6 +271,8 @@ class JobService:
     ) -> JobView:
         now = utcnow()
         tokens = tokens_for(request, self.settings)
+        if webhook_url is not None:
+            check_webhook_url(webhook_url)
         with self._submit_lock, self.store.session() as session:
             if idempotency_key:
                 existing = session.scalars(
@@ -573,7 +576,9 @@ class JobService:
         error = (
             ErrorView(record.error_code, record.error_message or "") if record.error_code else None
         )
-        stages = {k: round(float(v) * 1000, 1) for k, v in json.loads(record.timings_json or "{}").items()}
+        stages = {
+            k: round(float(v) * 1000, 1) for k, v in json.loads(record.timings_json or "{}").items()
+        }
         return JobView(
             id=record.id,
             status=record.job_status,

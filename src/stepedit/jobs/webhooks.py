@@ -10,11 +10,17 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import logging
+import socket
 import time
 from collections.abc import Callable
+from urllib.parse import urlsplit
 
 import httpx
+
+from stepedit.errors import InvalidInput
+from stepedit.inputs import is_blocked_address
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +37,24 @@ def verify(secret: str, headers: dict[str, str], body: bytes) -> bool:
     return hmac.compare_digest(expected, headers["webhook-signature"])
 
 
+def check_webhook_url(url: str) -> None:
+    """Refuse a webhook URL that cannot work, at submission (the address is checked at delivery)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname or len(url) > 2048:
+        raise InvalidInput("webhook: an http(s) URL is required", param="webhook")
+
+
+def is_public_destination(url: str) -> bool:
+    """False when the URL's host resolves to a loopback/private/reserved address (SSRF guard)."""
+    host = urlsplit(url).hostname or ""
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        return False
+    addresses = {ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos}
+    return bool(addresses) and not any(is_blocked_address(a) for a in addresses)
+
+
 class WebhookSender:
     def __init__(
         self,
@@ -39,9 +63,11 @@ class WebhookSender:
         max_attempts: int = 5,
         backoff_s: float = 1.0,
         timeout_s: float = 10.0,
+        allow_private: bool = False,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.secret = secret
+        self.allow_private = allow_private
         self.max_attempts = max_attempts
         self.backoff_s = backoff_s
         self.timeout_s = timeout_s
@@ -49,6 +75,9 @@ class WebhookSender:
 
     def deliver(self, url: str, message_id: str, body: bytes) -> bool:
         """POST `body` to `url`; True once a 2xx answer came back, False after the last attempt."""
+        if not self.allow_private and not is_public_destination(url):
+            logger.warning("webhook %s: %s is not a public address; not sent", message_id, url)
+            return False
         delay = self.backoff_s
         with httpx.Client(timeout=self.timeout_s, follow_redirects=False) as client:
             for attempt in range(1, self.max_attempts + 1):
