@@ -10,15 +10,16 @@
 So the peak is the model itself plus one tensor; the checkpoint is never a second copy in RAM.
 
 FP8: a source tensor stored as float8 is kept in float8 when it is the weight of an `nn.Linear`
-and `keep_fp8` is set; that Linear then upcasts its weight to the input's dtype in `forward`
-(see `Float8StorageLinear`). Every other float8 tensor (biases, norm scales) is upcast at load.
+under one of the `keep_fp8` key prefixes; that Linear then upcasts its weight to the input's
+dtype in `forward` (see `Float8StorageLinear`). Every other float8 tensor (biases, norm scales,
+small layers outside those prefixes) is upcast at load.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -43,6 +44,15 @@ class Float8StorageLinear(nn.Linear):
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         bias = None if self.bias is None else self.bias.to(input.dtype)
         return nn.functional.linear(input, self.weight.to(input.dtype), bias)
+
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> Any:
+        # `model.to(torch.bfloat16)` must not undo the storage format: follow device moves but
+        # put the weight back into float8 (exact, since float8 values are bf16/fp32 values).
+        storage = self.weight.dtype
+        result = super()._apply(fn, recurse)
+        if self.weight.dtype != storage:
+            self.weight = nn.Parameter(self.weight.to(storage), requires_grad=False)
+        return result
 
 
 def _first(keys: list[str]) -> str:
@@ -88,11 +98,11 @@ def assign_tensors(
     *,
     device: torch.device,
     dtype: torch.dtype,
-    keep_fp8: bool = False,
+    keep_fp8: tuple[str, ...] = (),
 ) -> int:
     """Replace `module`'s parameters/buffers by `source`'s tensors, one key at a time.
 
-    Returns the number of Linear weights kept in float8 storage.
+    float8 Linear weights under the key prefixes `keep_fp8` stay float8; returns their count.
     """
     owners = dict(module.named_modules())
     kept_fp8 = 0
@@ -100,7 +110,8 @@ def assign_tensors(
         owner_name, _, name = key.rpartition(".")
         owner = owners[owner_name]
         stored = source.get(key)
-        if stored.dtype in FLOAT8_DTYPES and keep_fp8 and _is_linear_weight(owner, name):
+        is_kept = key.startswith(keep_fp8) if keep_fp8 else False
+        if stored.dtype in FLOAT8_DTYPES and is_kept and _is_linear_weight(owner, name):
             tensor = stored.to(device=device)
             if type(owner) is nn.Linear:
                 owner.__class__ = Float8StorageLinear
@@ -132,7 +143,7 @@ def load_module(
     device: torch.device,
     dtype: torch.dtype,
     what: str,
-    keep_fp8: bool = False,
+    keep_fp8: tuple[str, ...] = (),
 ) -> ModuleT:
     """Build with `factory` on meta, check `source` strictly, then stream its tensors in."""
     module = build_on_meta(factory)
