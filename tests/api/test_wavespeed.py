@@ -19,6 +19,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from stepedit.engine import FakeEditor
+from stepedit.jobs.service import JobService
 from stepedit.jobs.webhooks import verify
 from stepedit.settings import Settings
 
@@ -162,10 +163,12 @@ def receiver() -> Iterator[tuple[str, list[tuple[dict[str, str], bytes]]]]:
 
 def test_signed_webhook_on_loopback(
     settings: Settings,
+    job_service: JobService,
     client: TestClient,
     receiver: tuple[str, list[tuple[dict[str, str], bytes]]],
 ) -> None:
-    settings.allow_private_urls = True
+    settings.allow_private_urls = True  # our submit-time check
+    job_service.webhooks.allow_private = True  # the sender's delivery-time check
     url, received = receiver
     response = client.post(SUBMIT, params={"webhook": url}, json=body())
     job_id = response.json()["data"]["id"]
