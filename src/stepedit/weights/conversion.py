@@ -9,6 +9,7 @@ and processor files in one folder, the diffusers layout in `text_encoder/` and `
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 from stepedit.errors import WeightsError
@@ -71,10 +72,27 @@ def convert_checkpoint(
         raise WeightsError(f"{str(source)!r} is already in the {to} layout")
     if destination.exists() and any(destination.iterdir()):
         raise WeightsError(f"destination {str(destination)!r} exists and is not empty")
+    is_new = not destination.exists()
     destination.mkdir(parents=True, exist_ok=True)
-    if to == "diffusers":
-        return _original_to_diffusers(source, destination, version, fold_scale_factor)
-    return _diffusers_to_original(source, destination, version)
+    try:
+        if to == "diffusers":
+            return _original_to_diffusers(source, destination, version, fold_scale_factor)
+        return _diffusers_to_original(source, destination, version)
+    except BaseException:
+        # Leave no half-written checkpoint that a later load could mistake for a whole one.
+        if is_new:
+            shutil.rmtree(destination)
+        else:
+            _empty(directory=destination)
+        raise
+
+
+def _empty(directory: Path) -> None:
+    for item in directory.iterdir():
+        if item.is_dir():
+            shutil.rmtree(item)
+        else:
+            item.unlink()
 
 
 def _original_to_diffusers(
