@@ -23,16 +23,20 @@ def png() -> bytes:
     return buffer.getvalue()
 
 
-def make_service(tmp_path: Path, **overrides: object) -> JobService:
-    settings = Settings(data_dir=tmp_path / "data", **overrides)  # type: ignore[arg-type]
+def make_service(tmp_path: Path, database_url: str, **overrides: object) -> JobService:
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        database_url=database_url,
+        **overrides,  # type: ignore[arg-type]
+    )
     service = JobService(settings)
     service.recover()
     return service
 
 
 @pytest.fixture
-def service(tmp_path: Path) -> Iterator[JobService]:
-    service = make_service(tmp_path, max_queue=3)
+def service(tmp_path: Path, database_url: str) -> Iterator[JobService]:
+    service = make_service(tmp_path, database_url, max_queue=3)
     yield service
     service.close()
 
@@ -128,14 +132,14 @@ def test_idempotency_key_returns_the_same_job(service: JobService) -> None:
     assert first.id == again.id != other.id
 
 
-def test_restart_requeues_then_fails_an_interrupted_job(tmp_path: Path) -> None:
-    first = make_service(tmp_path, max_attempts=2)
+def test_restart_requeues_then_fails_an_interrupted_job(tmp_path: Path, database_url: str) -> None:
+    first = make_service(tmp_path, database_url, max_attempts=2)
     job_id = submit(first)
     waiting_id = submit(first)
     first.claim_next(0)  # the server "dies" here, mid-run
     first.close()
 
-    second = make_service(tmp_path, max_attempts=2)  # recover() re-queues it
+    second = make_service(tmp_path, database_url, max_attempts=2)  # recover() re-queues it
     view = second.get_sync(job_id, None)
     assert (view.status, view.attempt) == (JobStatus.QUEUED, 1)
     assert second.get_sync(waiting_id, None).status == JobStatus.QUEUED
@@ -143,7 +147,7 @@ def test_restart_requeues_then_fails_an_interrupted_job(tmp_path: Path) -> None:
     assert claimed is not None and (claimed.id, claimed.attempt) == (job_id, 2)
     second.close()
 
-    third = make_service(tmp_path, max_attempts=2)  # died again: no more retries
+    third = make_service(tmp_path, database_url, max_attempts=2)  # died again: no more retries
     view = third.get_sync(job_id, None)
     assert view.status == JobStatus.FAILED
     assert view.error is not None and view.error.message == INTERRUPTED_MESSAGE
@@ -151,8 +155,8 @@ def test_restart_requeues_then_fails_an_interrupted_job(tmp_path: Path) -> None:
     third.close()
 
 
-def test_expired_outputs_are_deleted(tmp_path: Path) -> None:
-    service = make_service(tmp_path, output_ttl=timedelta(seconds=-1))
+def test_expired_outputs_are_deleted(tmp_path: Path, database_url: str) -> None:
+    service = make_service(tmp_path, database_url, output_ttl=timedelta(seconds=-1))
     job_id = submit(service)
     finish(service, job_id)
     (output,) = service.get_sync(job_id, None).outputs
@@ -170,8 +174,8 @@ def test_unknown_or_malformed_tokens_are_not_found(service: JobService) -> None:
             service.output_path(token)
 
 
-def test_daily_token_quota(tmp_path: Path) -> None:
-    service = make_service(tmp_path, daily_token_quota=3000, tokens_per_edit=1000)
+def test_daily_token_quota(tmp_path: Path, database_url: str) -> None:
+    service = make_service(tmp_path, database_url, daily_token_quota=3000, tokens_per_edit=1000)
     submit(service, owner="a")
     submit(service, owner="a", num_images=2)
     with pytest.raises(QuotaExceeded):
