@@ -93,8 +93,12 @@ def apply_optimizations(pipeline: Any, config: OptimizationConfig) -> AppliedOpt
     applied.attention_backend = select_attention(config.attention, device)
 
     # 2. CFG layout: the sampler runs both layouts; the pipeline passes this flag to it.
-    _owner(pipeline, "batch_cfg")
-    set_part(pipeline, "batch_cfg", config.batch_cfg)
+    batch_cfg = True  # sampling.denoise's default, used by a pipeline without the switch
+    if hasattr(pipeline, "batch_cfg"):
+        pipeline.batch_cfg = config.batch_cfg
+        batch_cfg = config.batch_cfg
+    elif not config.batch_cfg:
+        applied.notes.append("pipeline has no batch_cfg switch: CFG stays batched")
 
     # 3. FP8 DiT blocks.
     dit = get_part(pipeline, "dit")
@@ -107,7 +111,7 @@ def apply_optimizations(pipeline: Any, config: OptimizationConfig) -> AppliedOpt
 
     # 5. Step cache around the DiT: one cache state per CFG branch call pattern.
     if config.step_cache is not None:
-        cached = StepCachedDiT(dit, config.step_cache, branches=1 if config.batch_cfg else 2)
+        cached = StepCachedDiT(dit, config.step_cache, branches=1 if batch_cfg else 2)
         set_part(pipeline, "dit", cached)
         applied.step_cache = cached
 
@@ -127,6 +131,11 @@ def apply_optimizations(pipeline: Any, config: OptimizationConfig) -> AppliedOpt
             raise AccelerationUnavailable("offload_mllm streams weights to a CUDA device")
         text_model = get_part(pipeline, "text_model")
         StreamedModule(text_model, device)
+        if getattr(pipeline, "offload", False):
+            # Loaded with offload (everything on the CPU): the FP8 DiT now lives on the GPU, the
+            # VAE is small enough to join it, and only the MLLM keeps moving.
+            get_part(pipeline, "ae").to(device)
+            pipeline.offload = False
         torch.cuda.empty_cache()
     logger.info("optimizations applied: %s", applied.summary())
     return applied
@@ -139,6 +148,9 @@ def _enable_encoding_cache(pipeline: Any, applied: AppliedOptimizations) -> None
             setattr(pipeline, flag, True)
             return
     encoder = get_part(pipeline, "encoder")
+    if hasattr(encoder, "clear_cache"):
+        applied.notes.append("encoding cache: the encoder caches the negative prompt itself")
+        return
     if not isinstance(encoder, CachedEncoder):
         set_part(pipeline, "encoder", CachedEncoder(encoder))
     applied.notes.append("encoding cache: wrapped the encoder")

@@ -7,6 +7,7 @@ trade quality for speed and the bench reports their deviation from the exact pat
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -80,6 +81,45 @@ PRESETS: dict[str, OptimizationConfig] = {
     "fast": FAST,
     "24gb": LOW_MEMORY,
 }
+
+
+# Switch names for `parse_mode`: "+name" turns a switch on, "-name" off.
+_SWITCHES: dict[str, tuple[str, object, object]] = {
+    # name: (field, value when on, value when off)
+    "batch_cfg": ("batch_cfg", True, False),
+    "compile": ("compile_blocks", True, False),
+    "fp8": ("fp8", True, False),
+    "step_cache": ("step_cache", StepCacheConfig(), None),
+    "encoding_cache": ("cache_negative_encoding", True, False),
+    "vae_tiling": ("vae_tiling", True, False),
+    "offload_mllm": ("offload_mllm", True, False),
+    "flash3": ("attention", "flash3", "sdpa"),
+    "cudnn": ("attention", "cudnn", "sdpa"),
+    "best_attention": ("attention", "auto", "sdpa"),
+}
+
+
+def parse_mode(text: str) -> OptimizationConfig:
+    """A preset name with switches added or removed, to measure each switch on its own.
+
+    "plain+compile" is the plain path with compiled blocks; "exact-compile" the exact preset
+    without them; "fast" the preset as is. A step cache threshold is written "step_cache=0.05".
+    """
+    parts = re.split(r"(?=[+-][a-z])", text.strip())
+    config = preset(parts[0])
+    for part in parts[1:]:
+        sign, name = part[0], part[1:]
+        threshold: float | None = None
+        if name.startswith("step_cache="):
+            name, value = name.split("=", 1)
+            threshold = float(value)
+        if name not in _SWITCHES:
+            known = ", ".join(sorted(_SWITCHES))
+            raise ValueError(f"unknown switch {name!r} in mode {text!r}; known: {known}")
+        field_name, on, off = _SWITCHES[name]
+        value_on: object = on if threshold is None else StepCacheConfig(threshold=threshold)
+        config = replace(config, **{field_name: value_on if sign == "+" else off})  # type: ignore[arg-type]
+    return config
 
 
 def preset(name: str) -> OptimizationConfig:

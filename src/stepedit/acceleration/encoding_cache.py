@@ -52,7 +52,9 @@ class CachedEncoder:
         self.hits = 0
         self.misses = 0
 
-    def __call__(self, prompts: list[str], images: list[Image.Image]) -> Any:
+    def __call__(
+        self, prompts: list[str], images: list[Image.Image], *, use_cache: bool = True
+    ) -> Any:
         if len(prompts) != len(images):
             raise ValueError(f"{len(prompts)} prompts for {len(images)} images")
         keys = [(p, image_digest(im)) for p, im in zip(prompts, images, strict=True)]

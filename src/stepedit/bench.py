@@ -1,0 +1,492 @@
+"""The benchmark behind `stepedit bench`: time full edits per optimization mode and image size.
+
+For each mode (an optimization preset, see `stepedit.acceleration`) the pipeline is loaded once
+(cold start, timed), optimized, then for each size run `warmup` untimed edits (they also compile)
+and `repeats` timed ones. Per-stage times come from the pipeline's own timings; per-step times
+from its progress callback, with a device synchronisation at each step so they are real. The
+final latents of approximate modes are compared with those of the first exact mode of the same
+run (same seed, same size), reported as max |diff| and PSNR.
+
+`--compare-official PATH` times the official inference code (a checkout at PATH) in a child
+process with the very same dummy weights written to disk in the original layout, so both lines
+land in one RESULTS.md entry. See benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import gc
+import itertools
+import json
+import logging
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from torch import Tensor
+
+from stepedit.acceleration import (
+    AccelerationUnavailable,
+    OptimizationConfig,
+    apply_optimizations,
+)
+from stepedit.acceleration.config import parse_mode
+
+logger = logging.getLogger(__name__)
+
+PROMPT = "turn the sky into a starry night"
+RESULTS_HEADER = "# Benchmark results\n"
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    model: str = "dummy:v1.1"
+    device: str = "cuda"
+    dtype: str = "bfloat16"
+    sizes: tuple[int, ...] = (512, 768, 1024)
+    steps: int = 28
+    modes: tuple[str, ...] = ("exact",)
+    warmup: int = 1
+    repeats: int = 3
+    guidance_scale: float = 6.0
+    seed: int = 42
+    results: Path | None = Path("benchmarks/RESULTS.md")
+    compare_official: Path | None = None
+
+
+@dataclass
+class SizeResult:
+    mode: str
+    size: int
+    width: int
+    height: int
+    seconds_per_edit: float  # median of the timed edits' totals
+    edits_per_minute: float
+    encode_s: float  # MLLM, median
+    vae_encode_s: float
+    step_mean_s: float
+    step_median_s: float
+    decode_s: float
+    peak_memory_gb: float | None  # torch.cuda.max_memory_allocated over the timed edits
+    skipped_steps: int | None = None  # step cache: DiT forwards skipped per edit
+    max_abs_diff: float | None = None  # final latents vs the run's exact mode
+    psnr_db: float | None = None
+
+
+@dataclass
+class ModeResult:
+    mode: str
+    load_s: float  # weights to ready (cold start), before optimizations
+    optimize_s: float = 0.0  # apply_optimizations (compile itself happens in the warm-up)
+    optimizations: dict[str, Any] = field(default_factory=dict)
+    sizes: list[SizeResult] = field(default_factory=list)
+    error: str | None = None  # an optimization this machine cannot run
+
+
+@dataclass
+class BenchReport:
+    config: dict[str, Any]
+    environment: dict[str, Any]
+    modes: list[ModeResult]
+    official: list[dict[str, Any]] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------- environment
+
+
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).parent,
+            check=True,
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _driver_version() -> str | None:
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return out.stdout.strip().splitlines()[0]
+    except (OSError, subprocess.CalledProcessError, IndexError):
+        return None
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    is_cuda = device.type == "cuda"
+    return {
+        "gpu": torch.cuda.get_device_name(device) if is_cuda else None,
+        "cpu": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if is_cuda else None,
+        "driver": _driver_version() if is_cuda else None,
+        "python": platform.python_version(),
+        "stepedit_commit": _git_commit(),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+# ---------------------------------------------------------------------- measurement
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def sample_image(size: int, seed: int = 0) -> Image.Image:
+    """A deterministic smooth RGB image (gradients plus a little noise)."""
+    g = torch.Generator().manual_seed(seed)
+    ramp = torch.linspace(0, 1, size)
+    pixels = torch.stack([ramp[None, :].expand(size, size), ramp[:, None].expand(size, size),
+                          torch.rand(size, size, generator=g) * 0.2 + 0.4])  # fmt: skip
+    array = (pixels.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
+    return Image.fromarray(array, "RGB")
+
+
+@contextmanager
+def _capture_final_latents(pipeline: Any, sink: list[Tensor]) -> Iterator[None]:
+    """Record the latents handed to the VAE decoder (the denoiser's final output)."""
+    ae = pipeline.ae
+    original = ae.decode
+
+    def decode(z: Tensor) -> Tensor:
+        sink.append(z.detach().float().cpu())
+        result: Tensor = original(z)
+        return result
+
+    ae.decode = decode
+    try:
+        yield
+    finally:
+        ae.decode = original
+
+
+def psnr(approx: Tensor, exact: Tensor) -> float:
+    mse = float((approx - exact).pow(2).mean())
+    peak = float(exact.abs().max())
+    if mse == 0:
+        return float("inf")
+    return 10.0 * float(torch.log10(torch.tensor(peak * peak / mse)))
+
+
+def _edit_once(
+    pipeline: Any, image: Image.Image, config: BenchConfig, size: int, device: torch.device
+) -> tuple[dict[str, float], list[float]]:
+    stamps: list[float] = []
+
+    def on_progress(progress: Any) -> None:
+        if progress.stage == "denoise":
+            _sync(device)
+            stamps.append(time.perf_counter())
+
+    _sync(device)
+    output = pipeline(
+        image,
+        PROMPT,
+        num_inference_steps=config.steps,
+        guidance_scale=config.guidance_scale,
+        seed=config.seed,
+        size_level=size,
+        callback=on_progress,
+    )
+    _sync(device)
+    steps = [b - a for a, b in itertools.pairwise(stamps)]
+    timings = dict(output.timings)
+    timings["width"], timings["height"] = float(output.width), float(output.height)
+    return timings, steps
+
+
+def bench_size(
+    pipeline: Any,
+    mode: str,
+    size: int,
+    config: BenchConfig,
+    device: torch.device,
+    step_cache: Any,
+) -> tuple[SizeResult, Tensor | None]:
+    image = sample_image(size)
+    for _ in range(config.warmup):
+        _edit_once(pipeline, image, config, size, device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    runs: list[dict[str, float]] = []
+    steps: list[float] = []
+    latents: list[Tensor] = []
+    skipped: list[int] = []
+    for _ in range(config.repeats):
+        if step_cache is not None:
+            step_cache.reset()
+        with _capture_final_latents(pipeline, latents):
+            timings, step_times = _edit_once(pipeline, image, config, size, device)
+        runs.append(timings)
+        steps.extend(step_times)
+        if step_cache is not None:
+            skipped.append(step_cache.stats().skipped)
+    totals = [r["total"] for r in runs]
+    per_edit = statistics.median(totals)
+    result = SizeResult(
+        mode=mode,
+        size=size,
+        width=int(runs[0]["width"]),
+        height=int(runs[0]["height"]),
+        seconds_per_edit=per_edit,
+        edits_per_minute=60.0 / per_edit,
+        encode_s=statistics.median(r.get("encode", 0.0) for r in runs),
+        vae_encode_s=statistics.median(r.get("vae_encode", 0.0) for r in runs),
+        step_mean_s=statistics.fmean(steps) if steps else 0.0,
+        step_median_s=statistics.median(steps) if steps else 0.0,
+        decode_s=statistics.median(r.get("decode", 0.0) for r in runs),
+        peak_memory_gb=(
+            torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+        ),
+        skipped_steps=max(skipped) if skipped else None,
+    )
+    return result, (latents[-1] if latents else None)
+
+
+def load_pipeline(config: BenchConfig, optimizations: OptimizationConfig) -> tuple[Any, float]:
+    from stepedit.pipeline import EditPipeline
+
+    device = torch.device(config.device)
+    dtype = getattr(torch, config.dtype)
+    _sync(device)
+    tic = time.perf_counter()
+    # 24 GB: load on the host; the optimizations then place the FP8 DiT on the GPU block by block.
+    pipeline = EditPipeline.from_pretrained(
+        config.model, device=device, dtype=dtype, offload=optimizations.offload_mllm
+    )
+    _sync(device)
+    return pipeline, time.perf_counter() - tic
+
+
+def _release(pipeline: Any, device: torch.device) -> None:
+    del pipeline
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def run_bench(
+    config: BenchConfig, *, on_result: Callable[[SizeResult], None] | None = None
+) -> BenchReport:
+    device = torch.device(config.device)
+    parsed = {mode: parse_mode(mode) for mode in config.modes}  # raises on a typo, before loading
+    # Exact modes first, so approximate ones can be compared with their latents.
+    modes = sorted(config.modes, key=lambda m: not parsed[m].is_exact)
+    report = BenchReport(config=_config_dict(config), environment=environment(device), modes=[])
+    reference: dict[int, Tensor] = {}
+    for mode in modes:
+        optimizations = parsed[mode]
+        pipeline, load_s = load_pipeline(config, optimizations)
+        mode_result = ModeResult(mode=mode, load_s=load_s)
+        report.modes.append(mode_result)
+        tic = time.perf_counter()
+        try:
+            applied = apply_optimizations(pipeline, optimizations)
+        except AccelerationUnavailable as exc:
+            logger.warning("mode %s skipped: %s", mode, exc)
+            mode_result.error = str(exc)
+            _release(pipeline, device)
+            continue
+        mode_result.optimize_s = time.perf_counter() - tic
+        mode_result.optimizations = applied.summary()
+        for size in config.sizes:
+            result, final = bench_size(pipeline, mode, size, config, device, applied.step_cache)
+            if final is not None and optimizations.is_exact:
+                reference.setdefault(size, final)
+            elif final is not None and size in reference:
+                result.max_abs_diff = float((final - reference[size]).abs().max())
+                result.psnr_db = psnr(final, reference[size])
+            mode_result.sizes.append(result)
+            if on_result is not None:
+                on_result(result)
+        _release(pipeline, device)
+    if config.compare_official is not None:
+        report.official = run_official(config)
+    if config.results is not None:
+        append_results(config.results, report)
+    return report
+
+
+def _config_dict(config: BenchConfig) -> dict[str, Any]:
+    data = asdict(config)
+    return {k: str(v) if isinstance(v, Path) else v for k, v in data.items()}
+
+
+# ---------------------------------------------------------------------- output
+
+
+TABLE_COLUMNS = (
+    "mode",
+    "size",
+    "s/edit",
+    "edits/min",
+    "encode s",
+    "step mean s",
+    "step med s",
+    "decode s",
+    "peak GB",
+    "skipped",
+    "max|diff|",
+    "PSNR dB",
+)
+_MODE_WIDTH = 16
+
+
+def _cells(r: SizeResult) -> list[str]:
+    def optional(value: float | int | None, fmt: str) -> str:
+        return "-" if value is None else format(value, fmt)
+
+    return [
+        r.mode,
+        str(r.size),
+        f"{r.seconds_per_edit:.2f}",
+        f"{r.edits_per_minute:.2f}",
+        f"{r.encode_s:.3f}",
+        f"{r.step_mean_s:.4f}",
+        f"{r.step_median_s:.4f}",
+        f"{r.decode_s:.3f}",
+        optional(r.peak_memory_gb, ".1f"),
+        optional(r.skipped_steps, "d"),
+        optional(r.max_abs_diff, ".3g"),
+        optional(r.psnr_db, ".1f"),
+    ]
+
+
+def _join(cells: list[str]) -> str:
+    widths = [_MODE_WIDTH] + [max(len(name), 6) for name in TABLE_COLUMNS[1:]]
+    first = cells[0].ljust(widths[0])
+    return "  ".join([first] + [c.rjust(w) for c, w in zip(cells[1:], widths[1:], strict=True)])
+
+
+def format_row(r: SizeResult) -> str:
+    return _join(_cells(r))
+
+
+def format_table(report: BenchReport) -> str:
+    env = report.environment
+    lines = [
+        f"{env['gpu'] or 'CPU'} · torch {env['torch']} · CUDA {env['cuda']} · "
+        f"driver {env['driver']} · stepedit {env['stepedit_commit']}",
+        _join(list(TABLE_COLUMNS)),
+    ]
+    for mode in report.modes:
+        if mode.error is not None:
+            lines.append(f"-- {mode.mode}: not run: {mode.error}")
+            continue
+        lines.append(f"-- {mode.mode}: load {mode.load_s:.1f}s, optimize {mode.optimize_s:.1f}s")
+        lines.extend(format_row(r) for r in mode.sizes)
+    for row in report.official:
+        lines.append(f"-- official: {json.dumps(row)}")
+    return "\n".join(lines)
+
+
+def to_json(report: BenchReport) -> str:
+    return json.dumps(asdict(report), indent=2, default=str)
+
+
+def append_results(path: Path, report: BenchReport) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        path.write_text(RESULTS_HEADER)
+    env = report.environment
+    title = f"\n## {env['date']} · {env['gpu'] or 'CPU'} · stepedit {env['stepedit_commit']}\n\n"
+    with path.open("a") as f:
+        f.write(title + "```json\n" + to_json(report) + "\n```\n")
+
+
+# ---------------------------------------------------------------------- official code
+
+
+def run_official(config: BenchConfig) -> list[dict[str, Any]]:
+    """Time the official code at PATH with this run's dummy weights, one child per size."""
+    assert config.compare_official is not None
+    from stepedit.weights import load_components, write_checkpoint
+
+    workdir = Path("benchmarks/.official")
+    checkpoint = workdir / "checkpoint"
+    if not (checkpoint / "vae.safetensors").exists():
+        components = load_components(config.model, device="cpu", dtype=torch.bfloat16)
+        write_checkpoint(components, checkpoint, "original")
+        del components
+        gc.collect()
+    results = []
+    for size in config.sizes:
+        image_path = workdir / f"input-{size}.png"
+        sample_image(size).save(image_path)
+        command = [
+            sys.executable, "-m", "stepedit.bench", "official",
+            str(config.compare_official), str(checkpoint), str(image_path),
+            str(size), str(config.steps), str(config.guidance_scale), str(config.seed),
+            str(config.warmup), str(config.repeats),
+        ]  # fmt: skip
+        out = subprocess.run(command, capture_output=True, text=True, check=False)
+        if out.returncode != 0:
+            results.append({"size": size, "error": out.stderr[-2000:]})
+            continue
+        results.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    return results
+
+
+def _official_child(argv: list[str]) -> None:
+    """Child process: import the official ImageGenerator from a checkout and time edits."""
+    repo, checkpoint, image_path = Path(argv[0]), Path(argv[1]), argv[2]
+    size, steps, guidance, seed, warmup, repeats = (
+        int(argv[3]), int(argv[4]), float(argv[5]), int(argv[6]), int(argv[7]), int(argv[8])
+    )  # fmt: skip
+    sys.path.insert(0, str(repo))
+    official = __import__("inference")
+    tic = time.perf_counter()
+    generator = official.ImageGenerator(
+        ae_path=str(checkpoint / "vae.safetensors"),
+        dit_path=str(checkpoint / "step1x-edit-v1p1-official.safetensors"),
+        qwen2vl_model_path=str(checkpoint / "Qwen2.5-VL-7B-Instruct"),
+        max_length=640,
+        version="v1.1",
+    )
+    torch.cuda.synchronize()
+    load_s = time.perf_counter() - tic
+    image = Image.open(image_path).convert("RGB")
+    times = []
+    for i in range(warmup + repeats):
+        if i == warmup:
+            torch.cuda.reset_peak_memory_stats()
+        torch.cuda.synchronize()
+        tic = time.perf_counter()
+        generator.generate_image(
+            PROMPT, negative_prompt="", ref_images=image, num_steps=steps,
+            cfg_guidance=guidance, seed=seed, size_level=size,
+        )  # fmt: skip
+        torch.cuda.synchronize()
+        if i >= warmup:
+            times.append(time.perf_counter() - tic)
+    per_edit = statistics.median(times)
+    print(json.dumps({
+        "size": size, "load_s": load_s, "seconds_per_edit": per_edit,
+        "edits_per_minute": 60.0 / per_edit,
+        "peak_memory_gb": torch.cuda.max_memory_allocated() / 2**30,
+    }))  # fmt: skip
+
+
+if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "official":
+    _official_child(sys.argv[2:])
