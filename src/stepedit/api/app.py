@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
@@ -21,7 +20,12 @@ from stepedit import __version__
 from stepedit.api import ops
 from stepedit.api.deps import Jobs
 from stepedit.api.errors import install_error_handlers
+from stepedit.api.generations import router as generations_router
 from stepedit.api.native.router import router as native_router
+from stepedit.api.openai_edits import router as openai_edits_router
+from stepedit.api.reasoning import router as reasoning_router
+from stepedit.api.wavespeed import adapter as wavespeed_adapter
+from stepedit.api.wavespeed import router as wavespeed_router
 from stepedit.errors import NotFound
 from stepedit.jobs.service import JobService
 from stepedit.jobs.storage import MEDIA_TYPES
@@ -29,10 +33,15 @@ from stepedit.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-# Each package exposes `router` in `<package>/router.py`, and optionally, there or in
-# `<package>/adapter.py`, `webhook_renderer(base_url) -> (JobView -> dict)`: the body POSTed to
-# the webhooks of that flavour's jobs (default: the native JobView).
-FLAVOUR_PACKAGES = ("wavespeed", "openai_edits", "generations", "reasoning")
+# One router per seed's API; each converts to and from the one EditRequest.
+FLAVOUR_ROUTERS: tuple[tuple[str, APIRouter], ...] = (
+    ("wavespeed", wavespeed_router.router),
+    ("openai_edits", openai_edits_router.router),
+    ("generations", generations_router.router),
+    ("reasoning", reasoning_router.router),
+)
+# Webhook bodies per flavour (default: the native JobView). Only wavespeed takes webhooks.
+WEBHOOK_RENDERERS = {"wavespeed": wavespeed_adapter.webhook_renderer}
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 
 
@@ -60,8 +69,10 @@ def create_app(settings: Settings, job_service: JobService) -> FastAPI:
 
     app.include_router(ops.router)
     app.include_router(native_router)
-    for name in FLAVOUR_PACKAGES:
-        _include_flavour(app, name, settings, job_service)
+    for _name, router in FLAVOUR_ROUTERS:
+        app.include_router(router)
+    for name, renderer_for in WEBHOOK_RENDERERS.items():
+        job_service.register_webhook_renderer(name, renderer_for(settings.base_url))
 
     @app.get("/files/{filename}", tags=["files"], summary="An output image (unguessable URL)")
     def get_file(filename: str, jobs: Jobs) -> FileResponse:
@@ -78,28 +89,6 @@ def create_app(settings: Settings, job_service: JobService) -> FastAPI:
     if WEB_DIR.is_dir():
         app.mount("/", StaticFiles(directory=WEB_DIR, html=True), name="playground")
     return app
-
-
-def _include_flavour(app: FastAPI, name: str, settings: Settings, jobs: JobService) -> None:
-    package = f"stepedit.api.{name}"
-    try:
-        router_module = importlib.import_module(f"{package}.router")
-    except ModuleNotFoundError as exc:
-        # Guard while the flavour packages are being written; any other import error is a bug.
-        if exc.name not in (package, f"{package}.router"):
-            raise
-        logger.warning("API flavour %s not installed (no %s.router)", name, package)
-        return
-    app.include_router(router_module.router)
-    for module_name in ("router", "adapter"):
-        try:
-            module = importlib.import_module(f"{package}.{module_name}")
-        except ModuleNotFoundError:
-            continue
-        factory = getattr(module, "webhook_renderer", None)
-        if factory is not None:
-            jobs.register_webhook_renderer(name, factory(settings.base_url))
-            break
 
 
 async def _clean_periodically(job_service: JobService, settings: Settings) -> None:
