@@ -124,3 +124,12 @@ def test_full_size_dummy_is_the_published_architecture() -> None:
     assert config.text_config.num_hidden_layers == 28
     assert config.text_config.vocab_size == 152064
     assert config.vision_config.out_hidden_size == 3584
+
+    from stepedit.weights.dummy import dummy_dit, dummy_text_model
+
+    meta = torch.device("meta")  # shapes only: the full model would not fit a CPU test
+    qwen, _ = dummy_text_model(spec, device=meta, dtype=torch.bfloat16)
+    assert round(sum(p.numel() for p in qwen.parameters()) / 1e9, 2) == 8.29  # Qwen2.5-VL-7B
+    dit = dummy_dit(spec.dit_config, device=meta, dtype=torch.bfloat16, seed=0)
+    assert round(sum(p.numel() for p in dit.parameters()) / 1e9, 2) == 12.43
+    assert {p.dtype for p in dit.parameters()} == {torch.bfloat16}
