@@ -88,7 +88,8 @@ def live_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         "STEPEDIT_MAX_UPLOAD_BYTES": str(LIVE_MAX_UPLOAD_BYTES),
         "STEPEDIT_SAFETY_CHECKER": "false",
     }
-    command = [sys.executable, "-m", "stepedit.cli", "serve", "--model", "dummy:tiny-v1.1"]
+    model = os.environ.get("STEPEDIT_WEB_TEST_MODEL", "dummy:tiny-v1.1")
+    command = [sys.executable, "-m", "stepedit.cli", "serve", "--model", model]
     command += ["--port", str(port), "--data-dir", str(data_dir)]
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)

@@ -141,12 +141,16 @@ def test_stubbed_edit_shows_progress_result_seed_and_history(
 
     page.wait_for_selector("#outputs img.result-image")
     assert "Step 10 of 30" in page.evaluate("window.__progress")
-    body = seen["jobs"][0].post_data_buffer
-    assert b'name="prompt"\r\n\r\nAdd sunglasses' in body
-    assert b'name="guidance_scale"\r\n\r\n4' in body
-    assert b'name="num_inference_steps"\r\n\r\n30' in body
-    assert b'name="negative_prompt"\r\n\r\nblurry' in body
-    assert b'name="seed"' not in body  # empty seed: the server draws one
+    body = seen["jobs"][0].post_data_json
+    assert body["image"].startswith("data:image/png;base64,")
+    assert body["prompt"] == "Add sunglasses"
+    assert body["guidance_scale"] == 4
+    assert body["num_inference_steps"] == 30
+    assert body["negative_prompt"] == "blurry"
+    assert body["size_level"] == 1024
+    assert body["num_images"] == 1
+    assert "seed" not in body  # empty seed: the server draws one
+    assert "enable_thinking" not in body  # unchecked: the model version's default
 
     assert page.locator(".seed-used").inner_text() == "Seed 1234"
     page.get_by_role("button", name="Reuse seed 1234").click()

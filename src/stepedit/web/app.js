@@ -434,20 +434,13 @@
 
   // ---------- job submission and progress ----------
 
-  function buildRequest(params) {
-    const url = el.url.value.trim();
-    if (state.file) {
-      const form = new FormData();
-      form.append("image", state.file, state.file.name);
-      for (const [name, value] of Object.entries(params)) {
-        if (value === null || value === undefined) continue;
-        if (name === "negative_prompt" && value === "") continue;
-        form.append(name, String(value));
-      }
-      return { method: "POST", body: form };
-    }
-    const body = { ...params, image: url };
+  // One JSON body for both sources (the contract's "JSON with image as data URI/URL"): typed
+  // numbers and booleans, no form-field coercion on the server.
+  async function buildRequest(params) {
+    const image = state.file ? await readAsDataUrl(state.file) : el.url.value.trim();
+    const body = { ...params, image };
     for (const name of Object.keys(body)) if (body[name] === null) delete body[name];
+    if (body.negative_prompt === "") delete body.negative_prompt;
     return {
       method: "POST",
       headers: { "Content-Type": "application/json" },
@@ -570,7 +563,10 @@
       : { kind: "url", url: el.url.value.trim() };
     const beforeUrl = state.sourceUrl;
     try {
-      const created = await apiJson("/v1/jobs", { ...buildRequest(params), signal: controller.signal });
+      const created = await apiJson("/v1/jobs", {
+        ...(await buildRequest(params)),
+        signal: controller.signal,
+      });
       state.jobId = created.id;
       showProgress(created.progress, created.status);
       const job = TERMINAL.has(created.status)
@@ -620,6 +616,8 @@
     );
     el.progressText.textContent = `Done${timing(job)}.`;
     const shown = await showOutputs(job, beforeUrl);
+    // On a phone the result panel sits below the form: bring it into view.
+    if (window.matchMedia("(max-width: 820px)").matches) el.result.scrollIntoView({ block: "start" });
     addHistory(job, params, source, shown);
   }
 
