@@ -24,7 +24,11 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--port", type=int, help="port (default 8000)")
     parser.add_argument("--data-dir", type=Path, help="jobs database and images (default ./data)")
     parser.add_argument("--database-url", help="SQLAlchemy URL (default: SQLite in --data-dir)")
-    parser.add_argument("--public-base-url", help="origin used in output URLs")
+    parser.add_argument(
+        "--public-base-url",
+        help="origin used in output URLs (default http://HOST:PORT; set it when clients reach "
+        "the server under another name, e.g. behind a proxy or with --host 0.0.0.0)",
+    )
     parser.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda when present)")
     parser.add_argument("--dtype", help="bf16, fp16 or fp32 (default: the pipeline's choice)")
     parser.add_argument("--offload", action="store_true", default=None, help="CPU offload")

@@ -125,8 +125,15 @@ class InProcessWorker:
         logger.info("model loaded; worker ready")
         try:
             while not self._stop.is_set():
-                job = self.service.claim_next(self.poll_s)
-                if job is not None:
-                    run_job(self.service, editor, job, safety=safety, nsfw_filter=self.nsfw_filter)
+                try:
+                    job = self.service.claim_next(self.poll_s)
+                    if job is not None:
+                        run_job(
+                            self.service, editor, job, safety=safety, nsfw_filter=self.nsfw_filter
+                        )
+                except Exception:
+                    # e.g. the database went away: keep serving once it is back
+                    logger.exception("worker loop error; retrying")
+                    self._stop.wait(self.poll_s)
         finally:
             self.service.set_ready(False)
