@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 from collections.abc import Iterator
 from datetime import timedelta
@@ -190,3 +191,21 @@ def test_counts_by_status_feed_the_metrics(service: JobService) -> None:
     service.cancel_sync(job_id, None)
     assert service.count_by_status() == {"queued": 1, "canceled": 1}
     assert service.queue_depth() == 1
+
+
+def test_events_follow_changes_and_repeat_on_quiet_streams(service: JobService) -> None:
+    job_id = submit(service)
+
+    async def collect() -> list[JobStatus]:
+        seen = []
+        async for view in service.events(job_id, None, poll_s=0.01, heartbeat_s=0.05):
+            seen.append(view.status)
+            if len(seen) == 3:
+                service.claim_next(0)
+            if len(seen) == 5:
+                service.fail(job_id, "x", "y")
+        return seen
+
+    seen = asyncio.run(collect())
+    assert seen[:3] == [JobStatus.QUEUED] * 3  # heartbeats while nothing changes
+    assert JobStatus.PROCESSING in seen and seen[-1] == JobStatus.FAILED

@@ -233,16 +233,23 @@ class JobService:
         return await asyncio.to_thread(self.list_sync, owner, limit)
 
     async def events(
-        self, job_id: str, owner: str | None, poll_s: float = 0.2
+        self,
+        job_id: str,
+        owner: str | None,
+        poll_s: float = 0.2,
+        heartbeat_s: float | None = None,
     ) -> AsyncIterator[JobView]:
+        """The view now and on every change; unchanged views again every `heartbeat_s`."""
+        loop = asyncio.get_running_loop()
         view = await self.get(job_id, owner)
         yield view
-        last = (view.status, view.progress)
+        last, last_sent = (view.status, view.progress), loop.time()
         while not view.is_terminal:
             await asyncio.sleep(poll_s)
             view = await self.get(job_id, owner)
-            if (view.status, view.progress) != last:
-                last = (view.status, view.progress)
+            is_quiet = heartbeat_s is not None and loop.time() - last_sent >= heartbeat_s
+            if (view.status, view.progress) != last or is_quiet:
+                last, last_sent = (view.status, view.progress), loop.time()
                 yield view
 
     def output_path(self, token: str) -> Path:

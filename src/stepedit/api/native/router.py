@@ -103,7 +103,8 @@ async def job_events(job_id: str, jobs: Jobs, owner: Owner) -> StreamingResponse
     await jobs.get(job_id, owner)  # 404 before the stream starts
 
     async def stream() -> AsyncIterator[str]:
-        async for view in jobs.events(job_id, owner):
+        # the view is re-sent on a quiet stream now and then, so proxies keep it open
+        async for view in jobs.events(job_id, owner, heartbeat_s=15.0):
             event = "done" if view.is_terminal else "progress"
             yield f"event: {event}\ndata: {json.dumps(to_native_dict(view))}\n\n"
 
