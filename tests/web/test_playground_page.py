@@ -280,3 +280,48 @@ def test_phone_width_has_no_horizontal_scroll(
     assert page.evaluate("document.documentElement.scrollWidth") <= 375
     page.screenshot(path=str(artifacts / "playground-phone-empty.png"), full_page=True)
     context.close()
+
+
+def test_cancel_stops_a_running_job(page: Any, static_url: str, tmp_path: Path) -> None:
+    from playwright.sync_api import expect
+
+    canceled: list[str] = []
+    stub_server(page, lambda request: (202, job_view("queued")))
+
+    def events(route: Any) -> None:  # one step, then the stream ends: the page polls
+        route.fulfill(body=sse(job_view("processing", step=3)), content_type="text/event-stream")
+
+    def job(route: Any) -> None:
+        status = "canceled" if canceled else "processing"
+        route.fulfill(json=job_view(status, step=3))
+
+    def cancel(route: Any) -> None:
+        canceled.append(route.request.method)
+        route.fulfill(json=job_view("canceled", step=3))
+
+    page.route(f"**/v1/jobs/{JOB_ID}/events", events)
+    page.route(f"**/v1/jobs/{JOB_ID}", job)
+    page.route(f"**/v1/jobs/{JOB_ID}/cancel", cancel)
+    page.goto(static_url)
+    choose_image(page, tmp_path)
+    page.get_by_label("Instruction", exact=True).fill("Add a smile")
+    page.get_by_role("button", name="Run").click()
+    page.get_by_text("Step 3 of 30").wait_for()
+    page.get_by_role("button", name="Cancel").click()
+    page.get_by_text("Canceled.").wait_for()
+    assert canceled == ["POST"]
+    expect(page.get_by_role("button", name="Run", exact=True)).to_be_enabled()
+    assert page.locator("#outputs img").count() == 0
+
+
+def test_enhancer_missing_on_the_server_is_explained(page: Any, static_url: str) -> None:
+    page.route(  # what FastAPI answers for a route it does not have
+        "**/v1/prompt/enhance",
+        lambda route: route.fulfill(status=404, json={"detail": "Not Found"}),
+    )
+    page.goto(static_url)
+    page.get_by_label("Instruction", exact=True).fill("red hair")
+    page.get_by_role("button", name="Prompt Enhancer").click()
+    alert = page.get_by_role("alert")
+    alert.wait_for()
+    assert "Prompt Enhancer is not available" in alert.inner_text()

@@ -416,7 +416,9 @@
       el.enhancedAccept.focus();
     } catch (err) {
       el.progressText.textContent = "";
-      reportError(err);
+      if (err instanceof ApiError && (err.status === 404 || err.status === 405))
+        showError("The Prompt Enhancer is not available on this server.");
+      else reportError(err);
     } finally {
       el.enhance.disabled = false;
       el.enhance.removeAttribute("aria-busy");
