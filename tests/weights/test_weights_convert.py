@@ -73,14 +73,14 @@ def test_v10_converts_only_with_the_fold_and_keeps_its_outputs(
 
 
 def test_every_layout_gives_the_same_image(original_dir: Path, diffusers_dir: Path) -> None:
+    """Both layouts hold the dummy model's tensors bit for bit (tested above); here the edit."""
     pipeline_module = pytest.importorskip("stepedit.pipeline")
     image = Image.linear_gradient("L").resize((96, 64)).convert("RGB")
     results = []
-    for source in ("dummy:tiny-v1.1@3", original_dir, diffusers_dir):
+    for source in (original_dir, diffusers_dir):
         pipe = pipeline_module.EditPipeline.from_pretrained(
             source, device="cpu", dtype=torch.float32
         )
         out = pipe(image, "add a hat", num_inference_steps=2, seed=7, size_level=256)
         results.append(np.asarray(out.images[0]))
     assert np.array_equal(results[0], results[1])
-    assert np.array_equal(results[0], results[2])

@@ -133,3 +133,27 @@ def test_full_size_dummy_is_the_published_architecture() -> None:
     dit = dummy_dit(spec.dit_config, device=meta, dtype=torch.bfloat16, seed=0)
     assert round(sum(p.numel() for p in dit.parameters()) / 1e9, 2) == 12.43
     assert {p.dtype for p in dit.parameters()} == {torch.bfloat16}
+
+
+def test_sharded_diffusers_transformer_loads(
+    diffusers_dir: Path, tmp_path: Path, tiny: Components
+) -> None:
+    import json
+
+    copy = tmp_path / "copy"
+    shutil.copytree(diffusers_dir, copy)
+    folder = copy / "transformer"
+    state = load_file(folder / "diffusion_pytorch_model.safetensors")
+    (folder / "diffusion_pytorch_model.safetensors").unlink()
+    keys = sorted(state)
+    shards = {
+        "part-1.safetensors": keys[: len(keys) // 2],
+        "part-2.safetensors": keys[len(keys) // 2 :],
+    }
+    for name, part in shards.items():
+        save_file({k: state[k] for k in part}, folder / name)
+    weight_map = {k: name for name, part in shards.items() for k in part}
+    index = {"metadata": {}, "weight_map": weight_map}
+    (folder / "diffusion_pytorch_model.safetensors.index.json").write_text(json.dumps(index))
+    loaded = load_components(copy, device="cpu", dtype=torch.float32)
+    _assert_same(loaded.dit, tiny.dit)
