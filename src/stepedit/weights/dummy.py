@@ -187,7 +187,10 @@ def dummy_text_model(
     config = qwen_7b_config(processor)
     # transformers initialises on the device the module is created on, in `dtype`; its rotary
     # tables are computed there too (a meta build would leave them empty).
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    cuda_devices = []
+    if device.type == "cuda":
+        cuda_devices = [device.index if device.index is not None else torch.cuda.current_device()]
+    with torch.random.fork_rng(devices=cuda_devices):
         torch.manual_seed(spec.seed)
         with torch.device(device):
             model = cast(Any, Qwen2_5_VLForConditionalGeneration)._from_config(config, dtype=dtype)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import struct
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Protocol
@@ -150,11 +150,6 @@ class MappedSource:
                 f"converted {key!r} has shape {tuple(tensor.shape)}, expected {self._shapes[key]}"
             )
         return tensor
-
-
-def iterate(source: TensorSource) -> Iterator[tuple[str, torch.Tensor]]:
-    for key in source.names():
-        yield key, source.get(key)
 
 
 _DTYPE_NAMES = {dtype: name for name, dtype in _SAFETENSORS_DTYPES.items()}
