@@ -161,3 +161,29 @@ def test_check_inputs_rejects_empty_prompt_and_bad_latents(
     with pytest.raises(InvalidInput) as info:
         pipe(source, "add a hat", size_level=LEVEL, latents=torch.zeros(1, 16, 8, 8))
     assert info.value.param == "latents"
+
+
+def test_offload_and_cfg_layout_give_the_same_image(
+    pipe: EditPipeline, source: Image.Image
+) -> None:
+    expected = edit(pipe, source).images[0].tobytes()
+    offloaded = EditPipeline.from_pretrained("dummy:tiny-v1.1", device="cpu", offload=True)
+    assert edit(offloaded, source).images[0].tobytes() == expected
+    offloaded.batch_cfg = False
+    split = edit(offloaded, source).images[0]
+    assert np.abs(pixels(split) - pixels(edit(pipe, source).images[0])).max() <= 1
+
+
+@pytest.mark.xfail(
+    reason="sampling.image_ids: the v1.1 reference builds reference-image ids as "
+    "torch.ones(...) + arange, i.e. (1, 1 + row, 1 + col) (diffusers port: ids + 1 too); "
+    "the sampler gives (1, row, col). Fixed in the sampler, this passes.",
+    strict=False,
+)
+def test_reference_image_ids_match_the_official_v11_layout() -> None:
+    from stepedit import sampling
+
+    img_ids, _ = sampling.prepare_ids(1, 4, 6, 0, "v1.1")
+    ref = img_ids[0, 6:].reshape(2, 3, 3)
+    assert ref[0, 0].tolist() == [1.0, 1.0, 1.0]
+    assert ref[1, 2].tolist() == [1.0, 2.0, 3.0]

@@ -153,6 +153,10 @@ class EditPipeline:
         self.device = torch.device(device) if device is not None else default_device()
         self.dtype = dtype if dtype is not None else default_dtype(self.device)
         self.offload = offload
+        # Switches (acceleration presets set them): CFG as one batch of 2N or two batches of N
+        # (same result); exact reuse of the negative prompt's encoding across calls.
+        self.batch_cfg = True
+        self.cache_negative_encoding = True
         self.components = components
         self.version: ModelVersion = components.version
         self.dit: nn.Module = components.dit
@@ -271,7 +275,9 @@ class EditPipeline:
         """(emb [2, max_len, hidden], mask [2, max_len]) for [prompt, negative_prompt]."""
         with self._on_device(self.encoder.model):
             emb, mask = self.encoder([prompt], [image])
-            neg_emb, neg_mask = self.encoder([negative_prompt], [image], use_cache=True)
+            neg_emb, neg_mask = self.encoder(
+                [negative_prompt], [image], use_cache=self.cache_negative_encoding
+            )
         return torch.cat([emb, neg_emb]), torch.cat([mask, neg_mask])
 
     def encode_reference(self, pixels: Tensor, seeds: list[int]) -> Tensor:
@@ -421,6 +427,7 @@ class EditPipeline:
                 timesteps,
                 guidance_scale,
                 timesteps_truncate=sampling.TIMESTEPS_TRUNCATE[self.version],
+                batch_cfg=self.batch_cfg,
                 callback=lambda step, steps: report(step, steps, "denoise"),
             )
         timings["denoise"] = time.perf_counter() - tic
