@@ -1,0 +1,78 @@
+"""`stepedit worker`: one GPU worker of the scale-out mode (see docs/deployment.md).
+
+Loads the model once, heartbeats into the shared database and consumes its model version's
+Celery queue one job at a time. Run one per GPU (CUDA_VISIBLE_DEVICES or --device).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+_SETTING_NAMES = (
+    "model",
+    "model_version",
+    "device",
+    "dtype",
+    "offload",
+    "data_dir",
+    "public_base_url",
+    "safety_checker",
+    "storage_url",
+    "s3_endpoint_url",
+    "job_timeout_s",
+    "heartbeat_interval_s",
+    "heartbeat_timeout_s",
+    "visibility_timeout_s",
+)
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "worker", help="run one GPU worker that takes jobs from the shared queue"
+    )
+    parser.add_argument("--queue", dest="queue_url", help="broker URL, redis://host:6379/0")
+    parser.add_argument("--db", dest="database_url", help="job store, postgresql+psycopg://...")
+    parser.add_argument("--model", help='checkpoint directory or "dummy:<preset>" (STEPEDIT_MODEL)')
+    parser.add_argument(
+        "--model-version",
+        choices=["v1.0", "v1.1", "v1.2"],
+        help="the queue to consume (default: detected from the model)",
+    )
+    parser.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda when present)")
+    parser.add_argument("--dtype", help="bf16, fp16 or fp32 (default: the pipeline's choice)")
+    parser.add_argument("--offload", action="store_true", default=None, help="CPU offload")
+    parser.add_argument("--threads", type=int, help="CPU threads for torch (CPU workers)")
+    parser.add_argument("--data-dir", type=Path, help="shared storage directory (or S3 cache)")
+    parser.add_argument("--storage-url", help="s3://bucket/prefix for S3-compatible storage")
+    parser.add_argument("--s3-endpoint-url", help="endpoint of a non-AWS S3 service")
+    parser.add_argument("--public-base-url", help="the API nodes' public origin (output URLs)")
+    parser.add_argument("--job-timeout", dest="job_timeout_s", type=float, help="seconds per job")
+    parser.add_argument("--heartbeat-interval", dest="heartbeat_interval_s", type=float)
+    parser.add_argument("--heartbeat-timeout", dest="heartbeat_timeout_s", type=float)
+    parser.add_argument("--visibility-timeout", dest="visibility_timeout_s", type=float)
+    parser.add_argument(
+        "--no-safety-checker", dest="safety_checker", action="store_false", default=None
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from stepedit.distributed.config import DistributedSettings
+    from stepedit.distributed.worker_process import run_worker
+
+    names = (*_SETTING_NAMES, "queue_url", "database_url")
+    overrides = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    settings = DistributedSettings(**overrides)
+    if not settings.queue_url or not settings.model:
+        logger.error("a worker needs --queue (redis://...) and --model")
+        return 2
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    return run_worker(settings)

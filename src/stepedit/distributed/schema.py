@@ -1,0 +1,51 @@
+"""Tables of the scale-out mode, beside the job tables: worker heartbeats and job claims.
+
+Kept on their own metadata so the single-machine store is unchanged; `create_tables` adds them
+to the job store's database.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import Engine, Float, Integer, String
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from stepedit.jobs.models import UTCDateTime
+
+
+class DistributedBase(DeclarativeBase):
+    pass
+
+
+class WorkerRecord(DistributedBase):
+    """One row per worker process, refreshed every heartbeat."""
+
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(String(96), primary_key=True)
+    hostname: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    model_version: Mapped[str] = mapped_column(String(16))
+    queue: Mapped[str] = mapped_column(String(64))
+    device: Mapped[str] = mapped_column(String(32))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_seen: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    current_job: Mapped[str | None] = mapped_column(String(32))
+    busy_ratio: Mapped[float] = mapped_column(Float, default=0.0)  # moving average, 0..1
+    jobs_done: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class ClaimRecord(DistributedBase):
+    """Which worker holds a job's current attempt (the attempt number is the fencing token)."""
+
+    __tablename__ = "job_claims"
+
+    job_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    worker_id: Mapped[str] = mapped_column(String(96), index=True)
+    attempt: Mapped[int] = mapped_column(Integer)
+    claimed_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+def create_tables(engine: Engine) -> None:
+    DistributedBase.metadata.create_all(engine)
