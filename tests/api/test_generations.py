@@ -173,3 +173,34 @@ def test_openai_client_error(client: TestClient) -> None:
     api = openai.OpenAI(base_url="http://testserver/v1", api_key="key", http_client=client)
     with pytest.raises(openai.BadRequestError):
         api.images.generate(model="stepfun-ai/step1x-edit", prompt="x", extra_body={"n": 10})
+
+
+# --- end to end: `stepedit serve` in a subprocess, the real openai client -------------------
+# The seed's example runs 20 steps at a 1024x1024 working size: minutes on 2 CPU cores even with
+# the tiny random model, so this server runs the fake editor; the tiny model is exercised end to
+# end by the seed-002 and wavespeed tests.
+
+
+@pytest.mark.slow
+def test_seed_example_against_a_real_server(live_server) -> None:  # type: ignore[no-untyped-def]
+    server = live_server(model="fake:0.001")
+    image_base64_string = base64.b64encode(make_png(64, 64)).decode()
+    client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="$MODELVERSE_API_KEY")
+    response = client.images.generate(
+        model="stepfun-ai/step1x-edit",
+        prompt="Convert to quick pencil sketch",
+        extra_body={
+            "image": f"data:image/png;base64,{image_base64_string}",
+            "negative_prompt": "blurry, low quality",
+        },
+    )
+    url = response.data[0].url if response.data else None
+    assert url and url.startswith(server.base_url)
+    downloaded = httpx.get(url)
+    assert downloaded.status_code == 200
+    assert Image.open(io.BytesIO(downloaded.content)).size == (64, 64)
+    with pytest.raises(openai.BadRequestError) as info:
+        client.images.generate(
+            model="stepfun-ai/step1x-edit", prompt="x", extra_body={"image": "http://127.0.0.1/"}
+        )
+    assert info.value.body["param"] == info.value.response.headers["x-request-id"]  # type: ignore[index]

@@ -186,3 +186,31 @@ def test_failed_edit_is_a_500_in_openai_shape(client: TestClient, fake_editor: F
     fake_editor.fail_with = RuntimeError("boom")
     error = assert_error(client.post(URL, data=form(), files=png_file()), 500)
     assert error["type"] == "server_error"
+
+
+# --- end to end: `stepedit serve` with the tiny random model, the real openai client ---------
+
+
+@pytest.mark.slow
+def test_seed_example_against_a_real_server(live_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    server = live_server(model="dummy:tiny-v1.1")
+    Image.new("RGB", (96, 64), "orange").save(tmp_path / "cat.jpg", format="JPEG")
+    client = openai.OpenAI(api_key="STEP_API_KEY", base_url=f"{server.base_url}/v1")
+    prompt = "Turn the cat into a British Shorthair."
+    with open(tmp_path / "cat.jpg", "rb") as image:
+        result = client.images.edit(
+            model="step-1x-edit",
+            image=image,
+            prompt=prompt,
+            response_format="b64_json",
+            extra_body={"cfg_scale": 10.0, "steps": 20, "seed": 1},
+        )
+    image_bytes = base64.b64decode(result.data[0].b64_json or "")
+    edited = Image.open(io.BytesIO(image_bytes))
+    # Not 1:1, so the aspect ratio is kept with an area of about 512*512 (multiples of 16).
+    assert edited.width * edited.height == pytest.approx(512 * 512, rel=0.1)
+    assert edited.width / edited.height == pytest.approx(96 / 64, rel=0.05)
+    assert result.data[0].model_extra == {"seed": 1, "finish_reason": "success"}
+    with pytest.raises(openai.BadRequestError) as info:
+        client.images.edit(model="step-1x-edit", image=("a.txt", b"text", "text/plain"), prompt="x")
+    assert info.value.body["param"] == "image"  # type: ignore[index]

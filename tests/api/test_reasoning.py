@@ -142,3 +142,33 @@ def test_bearer_auth(settings: Settings, client: TestClient) -> None:
 def test_failed_edit_is_500_in_seed_shape(client: TestClient, fake_editor: FakeEditor) -> None:
     fake_editor.fail_with = RuntimeError("boom")
     assert_error(client.post(URL, json=body()), 500)
+
+
+# --- end to end: `stepedit serve` in a subprocess, httpx -------------------------------------
+
+
+@pytest.mark.slow
+def test_seed_curl_against_a_real_server(live_server) -> None:  # type: ignore[no-untyped-def]
+    server = live_server("--api-key", "sk-free-test", model="fake:0.001")
+    headers = {"Authorization": "Bearer sk-free-test"}
+    with httpx.Client(base_url=server.base_url, timeout=60) as http:
+        response = http.post(URL, headers=headers, json=body())
+        assert response.status_code == 200, response.text
+        assert response.json()["passes"] == ["edit"]
+        multipart = http.post(
+            URL,
+            headers=headers,
+            data={
+                "model": "step1x-edit",
+                "prompt": "warm it up",
+                "operation": "img2img",
+                "enable_thinking": "false",
+                "enable_reflection": "false",
+                "steps": "4",
+            },
+            files={"image": ("a.png", make_png(), "image/png")},
+        )
+        assert multipart.status_code == 200, multipart.text
+        assert http.get(multipart.json()["data"][0]["url"]).status_code == 200
+        assert_error(http.post(URL, json=body()), 401)
+        assert_error(http.post(URL, headers=headers, json=body(operation="inpaint")), 400)

@@ -247,3 +247,43 @@ def test_unauthorized_in_wavespeed_shape(settings: Settings, client: TestClient)
     assert_error(other, 404)  # a key sees only its own predictions
     wrong = client.get(f"/api/v3/predictions/{job_id}", headers={"Authorization": "Bearer nope"})
     assert_error(wrong, 401)
+
+
+# --- end to end: `stepedit serve` in a subprocess, httpx, a webhook on loopback -------------
+# The fake editor keeps this under a few seconds on 2 CPU cores (a 1024x1024 working size with
+# the tiny random model takes most of a minute there); the tiny model runs end to end in the
+# seed-002 test.
+
+
+@pytest.mark.slow
+def test_against_a_real_server(  # type: ignore[no-untyped-def]
+    live_server, receiver: tuple[str, list[tuple[dict[str, str], bytes]]]
+) -> None:
+    server = live_server(model="fake:0.001", env={"STEPEDIT_ALLOW_PRIVATE_URLS": "true"})
+    hook_url, received = receiver
+    with httpx.Client(base_url=server.base_url, timeout=60) as http:
+        # Submit and poll, with a webhook.
+        submitted = http.post(SUBMIT, params={"webhook": hook_url}, json=body(seed=5))
+        assert submitted.status_code == 200, submitted.text
+        data = submitted.json()["data"]
+        assert data["status"] in ("created", "processing", "completed")
+        deadline = time.monotonic() + 20
+        while data["status"] not in ("completed", "failed") and time.monotonic() < deadline:
+            time.sleep(0.05)
+            data = http.get(data["urls"]["get"]).json()["data"]
+        assert data["status"] == "completed", data
+        assert Image.open(io.BytesIO(http.get(data["outputs"][0]).content)).size == (64, 64)
+        result = http.get(f"/api/v3/predictions/{data['id']}").json()
+        assert result == {"code": 200, "message": "success", "data": data}
+        while not received and time.monotonic() < deadline:
+            time.sleep(0.05)
+        headers, raw = received[0]
+        secret = http.get("/api/v3/webhook/secret").json()["data"]["secret"]
+        assert verify(secret, {k.lower(): v for k, v in headers.items()}, raw)
+        assert json.loads(raw) == result
+        # Sync mode with base64 outputs.
+        sync = http.post(SUBMIT, json=body(enable_sync_mode=True, enable_base64_output=True))
+        outputs = sync.json()["data"]["outputs"]
+        assert Image.open(io.BytesIO(base64.b64decode(outputs[0]))).size == (64, 64)
+        missing = http.get("/api/v3/predictions/0123456789abcdef/result")
+        assert missing.status_code == 404 and missing.json()["code"] == 404
