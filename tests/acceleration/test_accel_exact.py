@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import make_inputs, make_tiny_dit  # type: ignore[import-not-found]
+from conftest import make_inputs  # type: ignore[import-not-found]
 from PIL import Image
 from torch import nn
 
@@ -23,7 +23,9 @@ from stepedit.acceleration.request_batching import (
     stack_requests,
 )
 from stepedit.acceleration.vae_tiling import decode_tiled, tile_starts, tiled_decoder
+from stepedit.bench import sample_image
 from stepedit.model import AE_PRESETS, AutoEncoder, init_random_weights
+from stepedit.pipeline import EditPipeline
 from stepedit.sampling import denoise
 
 
@@ -43,18 +45,34 @@ def test_batched_cfg_equals_two_forwards(tiny_dit) -> None:
     assert torch.allclose(batched, sequential, rtol=1e-4, atol=1e-4)
 
 
+def _final_latents(pipeline: EditPipeline) -> torch.Tensor:
+    """The latents the pipeline hands to its VAE decoder for a fixed 256 px edit."""
+    captured: list[torch.Tensor] = []
+    decode = pipeline.ae.decode
+
+    def capture(z: torch.Tensor) -> torch.Tensor:
+        captured.append(z)
+        return decode(z)  # type: ignore[no-any-return]
+
+    pipeline.ae.decode = capture
+    pipeline(sample_image(256), "make it red", num_inference_steps=2, seed=3, size_level=256)
+    pipeline.ae.decode = decode
+    return captured[0]
+
+
 @pytest.mark.slow
 def test_compiled_blocks_equal_eager() -> None:
     if shutil.which("g++") is None and shutil.which("cc") is None:
         pytest.skip("no C++ compiler for the CPU inductor backend")
-    eager = make_tiny_dit(seed=5)
-    compiled = make_tiny_dit(seed=5)
-    assert compile_blocks(compiled) == 2
-    x = make_inputs(11, steps=2)
-    expected = run_denoise(eager, x)
-    assert torch.allclose(run_denoise(compiled, x), expected, rtol=1e-4, atol=1e-4)
+    # The same shapes as the bench test's 256 px edit, so its compile hits inductor's cache.
+    pipeline = EditPipeline.from_pretrained("dummy:tiny-v1.1", device="cpu", dtype=torch.float32)
+    keys = list(pipeline.dit.state_dict())
+    eager = _final_latents(pipeline)
+    assert compile_blocks(pipeline.dit) == 2
+    compiled = _final_latents(pipeline)
+    assert torch.allclose(compiled, eager, rtol=1e-4, atol=1e-4)
     # The state dict is the DiT's own: a checkpoint loads into a compiled model unchanged.
-    assert list(compiled.state_dict()) == list(eager.state_dict())
+    assert list(pipeline.dit.state_dict()) == keys
 
 
 def _image(color: tuple[int, int, int]) -> Image.Image:
