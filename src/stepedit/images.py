@@ -3,7 +3,8 @@
 Size rule (reference `input_process_image`): keep the aspect ratio, make the area about
 size_level**2 rounding the long side's square-root solution up, then floor both sides to a multiple
 of 16 (8x VAE downsampling times 2x2 latent packing). The source is resized with LANCZOS; the output
-is resized back to the source size with PIL's default filter, as the reference does.
+is resized back to the source size with PIL's default filter, as the reference does. (The v1.0
+reference resized the source with PIL's default filter too.)
 """
 
 from __future__ import annotations
@@ -55,9 +56,13 @@ def size_level_from_size(size: str | int) -> int:
     return side
 
 
-def resize_to_working(image: Image.Image, size_level: int) -> Image.Image:
+def resize_to_working(
+    image: Image.Image, size_level: int, resample: Image.Resampling = Image.Resampling.LANCZOS
+) -> Image.Image:
+    """The working-size source. The v1.1 reference resizes with LANCZOS; v1.0 used PIL's
+    default (BICUBIC)."""
     width, height = working_size(image.width, image.height, size_level)
-    return image.convert("RGB").resize((width, height), Image.Resampling.LANCZOS)
+    return image.convert("RGB").resize((width, height), resample)
 
 
 def to_tensor(image: Image.Image) -> torch.Tensor:

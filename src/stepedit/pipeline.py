@@ -3,7 +3,8 @@
 Numerics follow the official sampler (`ImageGenerator.generate_image`, v1.0/v1.1):
 - the source is resized to the working size (LANCZOS); Qwen2.5-VL sees that image after the
   reference's float round trip (uint8 / 255, then *255 truncated back to uint8);
-- the VAE stays float32; on CUDA its encoder runs under bf16 autocast, its decoder in float32;
+- the VAE stays float32; on CUDA its encoder runs under bf16 autocast (v1.1+; v1.0 encoded in
+  float32), its decoder in float32; v1.0 resized the source with PIL's default filter (BICUBIC);
 - the noise is drawn in the pipeline dtype from `torch.Generator(device).manual_seed(seed)`;
 - the DiT runs in the pipeline dtype (under bf16 autocast on CUDA), with true CFG against the
   negative prompt in one batch [positive | negative];
@@ -261,8 +262,8 @@ class EditPipeline:
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
 
-    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
-        if self.device.type == "cuda" and self.dtype == torch.bfloat16:
+    def _autocast(self, enabled: bool = True) -> contextlib.AbstractContextManager[Any]:
+        if enabled and self.device.type == "cuda" and self.dtype == torch.bfloat16:
             return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
@@ -282,7 +283,7 @@ class EditPipeline:
 
     def encode_reference(self, pixels: Tensor, seeds: list[int]) -> Tensor:
         """pixels [1, 3, H, W] in [0, 1] -> one posterior sample per seed [N, 16, H/8, W/8]."""
-        with self._on_device(self.ae), torch.no_grad(), self._autocast():
+        with self._on_device(self.ae), torch.no_grad(), self._autocast(self.version != "v1.0"):
             moments = self.ae.encoder(pixels.to(self.device) * 2 - 1)  # [1, 32, H/8, W/8]
             mean, logvar = torch.chunk(moments, 2, dim=1)
             std = torch.exp(0.5 * logvar)
@@ -364,7 +365,8 @@ class EditPipeline:
 
         # 1. Sizes and seeds.
         original_size = image.size
-        working = resize_to_working(image, size_level)
+        resample = Image.Resampling.BICUBIC if self.version == "v1.0" else Image.Resampling.LANCZOS
+        working = resize_to_working(image, size_level, resample)
         width, height = working.size
         base_seed = seed if seed is not None else secrets.randbelow(MAX_SEED + 1)
         seeds = [base_seed + i for i in range(num_images)]
