@@ -22,6 +22,8 @@ from stepedit.inputs import (
     OPENAI_EDITS_RULES,
     FetchPolicy,
     ImageRules,
+    check_callback_url,
+    check_prompt,
     decode_base64_source,
     decode_image,
     fetch_image_bytes,
@@ -327,3 +329,32 @@ def test_unreachable_url() -> None:
 def test_unresolvable_host() -> None:
     with pytest.raises(ImageFetchError, match="resolved"):
         run(fetch_image_bytes("http://no-such-host.invalid/x.png", FetchPolicy(timeout_s=5)))
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://[::1", "http://host:99999/x", "http://" + "a" * 300 + ".com/", "http://\u2603..com/x"],
+)
+def test_malformed_urls_are_fetch_errors(url: str) -> None:
+    with pytest.raises(ImageFetchError):
+        run(fetch_image_bytes(url, FetchPolicy(timeout_s=5)))
+
+
+@pytest.mark.parametrize("url", ["http://[::1", "ftp://x/y", "http://127.0.0.1/hook"])
+def test_bad_callback_urls(url: str) -> None:
+    with pytest.raises(InvalidInput) as info:
+        run(check_callback_url(url, FetchPolicy()))
+    assert info.value.param == "webhook"
+
+
+def test_callback_url_allowed_for_private_deployments() -> None:
+    policy = FetchPolicy(allow_private_urls=True)
+    assert run(check_callback_url("http://127.0.0.1:8/h", policy)) == "http://127.0.0.1:8/h"
+
+
+def test_prompt_checks() -> None:
+    assert check_prompt("  add a hat ", 20) == "add a hat"
+    for bad in ["", "   ", "x" * 21, "\ud800"]:
+        with pytest.raises(InvalidInput):
+            check_prompt(bad, 20)
+    assert check_prompt("", 20, param="negative_prompt", allow_empty=True) == ""

@@ -283,13 +283,17 @@ async def load_image_source(
 async def check_callback_url(url: str, policy: FetchPolicy, *, param: str = "webhook") -> str:
     """A webhook URL the server may POST to: http(s), resolvable, and (unless the policy allows
     private addresses) only public addresses."""
-    parts = urlsplit(url.strip())
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    try:
+        parts = urlsplit(url.strip())
+        host = parts.hostname
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        raise InvalidInput("The webhook is not a valid URL.", param=param) from None
+    if parts.scheme not in ("http", "https") or not host or len(url) > 2048:
         raise InvalidInput("The webhook must be an http(s) URL.", param=param)
     try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        addresses = await resolve_addresses(parts.hostname, port)
-    except (OSError, ValueError):
+        addresses = await resolve_addresses(host, port)
+    except (OSError, UnicodeError, ValueError):
         raise InvalidInput("The webhook URL's host could not be resolved.", param=param) from None
     if not policy.allow_private_urls and any(is_blocked_address(a) for a in addresses):
         raise InvalidInput(
@@ -373,7 +377,7 @@ async def _fetch_following_redirects(
             request = await _pinned_request(client, url, policy, param)
             try:
                 response = await client.send(request, stream=True)
-            except httpx.HTTPError as exc:
+            except (httpx.HTTPError, httpx.InvalidURL, UnicodeError) as exc:
                 raise ImageFetchError(
                     f"The image URL could not be fetched: {type(exc).__name__}.", param=param
                 ) from None
@@ -399,17 +403,17 @@ async def _pinned_request(
 ) -> httpx.Request:
     """A request to the checked address itself, with Host/SNI set to the original name, so the
     name cannot resolve to another (blocked) address between the check and the connection."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ImageFetchError("The image URL must be an http(s) URL with a host.", param=param)
-    host = parts.hostname
     try:
+        parts = urlsplit(url)
+        host = parts.hostname
         port = parts.port or (443 if parts.scheme == "https" else 80)
-    except ValueError:
-        raise ImageFetchError("The image URL has an invalid port.", param=param) from None
+    except ValueError:  # "http://[::1", "http://h:99999"
+        raise ImageFetchError("The image URL is not a valid URL.", param=param) from None
+    if parts.scheme not in ("http", "https") or not host:
+        raise ImageFetchError("The image URL must be an http(s) URL with a host.", param=param)
     try:
         addresses = await resolve_addresses(host, port)
-    except OSError:
+    except (OSError, UnicodeError, ValueError):  # UnicodeError: a name IDNA cannot encode
         raise ImageFetchError(
             f"The image URL's host {host!r} could not be resolved.", param=param
         ) from None
@@ -435,7 +439,10 @@ async def _pinned_request(
         "Accept": "image/*",
     }
     extensions = {"sni_hostname": host} if parts.scheme == "https" else {}
-    return client.build_request("GET", pinned, headers=headers, extensions=extensions)
+    try:
+        return client.build_request("GET", pinned, headers=headers, extensions=extensions)
+    except (httpx.InvalidURL, ValueError):
+        raise ImageFetchError("The image URL is not a valid URL.", param=param) from None
 
 
 async def _read_limited(response: httpx.Response, max_bytes: int, param: str) -> bytes:
@@ -469,13 +476,20 @@ def _redacted(url: str) -> str:
 # --- text -----------------------------------------------------------------------------------
 
 
-def check_prompt(prompt: str, max_chars: int, *, param: str = "prompt") -> str:
-    """The prompt, stripped; InvalidInput when empty or longer than `max_chars` characters."""
+def check_prompt(
+    prompt: str, max_chars: int, *, param: str = "prompt", allow_empty: bool = False
+) -> str:
+    """The prompt, stripped; InvalidInput when empty (unless allowed), longer than `max_chars`
+    characters, or not encodable as UTF-8 (a lone surrogate from a JSON "\\ud800" escape)."""
     text = prompt.strip()
-    if not text:
+    if not text and not allow_empty:
         raise InvalidInput("The prompt must not be empty.", param=param)
     if len(prompt) > max_chars:
         raise InvalidInput(
-            f"The prompt is {len(prompt)} characters long; the limit is {max_chars}.", param=param
+            f"The {param} is {len(prompt)} characters long; the limit is {max_chars}.", param=param
         )
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInput(f"The {param} is not valid Unicode text.", param=param) from None
     return text

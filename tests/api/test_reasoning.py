@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 from typing import Any
 
 import httpx
@@ -172,3 +173,12 @@ def test_seed_curl_against_a_real_server(live_server) -> None:  # type: ignore[n
         assert http.get(multipart.json()["data"][0]["url"]).status_code == 200
         assert_error(http.post(URL, json=body()), 401)
         assert_error(http.post(URL, headers=headers, json=body(operation="inpaint")), 400)
+
+
+def test_text_that_is_not_unicode_is_400(client: TestClient) -> None:
+    raw = b'{"model": "step1x-edit", "prompt": "\\ud800", "image": "x"}'
+    response = client.post(URL, content=raw, headers={"content-type": "application/json"})
+    assert_error(response, 400, "prompt")
+    raw = json.dumps(body(negative_prompt="a\ud800")).encode()  # ensure_ascii keeps the escape
+    response = client.post(URL, content=raw, headers={"content-type": "application/json"})
+    assert_error(response, 400, "negative_prompt")

@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from stepedit.inputs import DEFAULT_MAX_PROMPT_CHARS, check_prompt
 from stepedit.jobs.state import JobStatus
 from stepedit.jobs.views import JobView
 from stepedit.request import EditRequest
@@ -37,7 +38,12 @@ def to_edit_request(body: WavespeedEditRequest, prompt: str) -> EditRequest:
         logger.info("wavespeed: ignoring unknown fields %s", sorted(body.model_extra))
     return EditRequest(
         prompt=prompt,
-        negative_prompt=body.negative_prompt,
+        negative_prompt=check_prompt(
+            body.negative_prompt,
+            DEFAULT_MAX_PROMPT_CHARS,
+            param="negative_prompt",
+            allow_empty=True,
+        ),
         seed=None if body.seed is None or body.seed < 0 else body.seed,
         guidance_scale=body.guidance_scale,
         num_inference_steps=body.num_inference_steps,
