@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -102,3 +105,18 @@ def test_psnr_of_identical_and_perturbed_latents() -> None:
     x = torch.linspace(-1, 1, 100)
     assert psnr(x, x) == float("inf")
     assert psnr(x + 0.01, x) == pytest.approx(40.0, abs=0.01)
+
+
+@pytest.mark.slow
+def test_bench_runs_cfg_parallel_on_two_gloo_ranks(tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
+    command += ["-m", "stepedit.cli", "bench", "--model", "dummy:tiny-v1.1", "--device", "cpu"]
+    command += ["--sizes", "256", "--steps", "2", "--mode", "plain", "--cfg-parallel"]
+    command += ["--repeats", "1", "--warmup", "0"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("s/edit") == 1  # only rank 0 reports
+    (report,) = _results_json(tmp_path / "benchmarks" / "RESULTS.md")
+    assert report["environment"]["world_size"] == 2  # type: ignore[index]
+    assert "CFG-parallel" in str(report["modes"][0]["optimizations"]["notes"])  # type: ignore[index]

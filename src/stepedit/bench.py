@@ -25,7 +25,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,8 @@ from stepedit.acceleration import (
     OptimizationConfig,
     apply_optimizations,
 )
+from stepedit.acceleration.apply import get_part, set_part
+from stepedit.acceleration.cfg_parallel import CFGParallelDiT, init_cfg_parallel
 from stepedit.acceleration.config import parse_mode
 
 logger = logging.getLogger(__name__)
@@ -61,6 +63,7 @@ class BenchConfig:
     seed: int = 42
     results: Path | None = Path("benchmarks/RESULTS.md")
     compare_official: Path | None = None
+    cfg_parallel: bool = False  # launched by torchrun on 2 ranks; rank 0 reports
 
 
 @dataclass
@@ -132,7 +135,9 @@ def _driver_version() -> str | None:
 
 def environment(device: torch.device) -> dict[str, Any]:
     is_cuda = device.type == "cuda"
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
     return {
+        "world_size": torch.distributed.get_world_size() if distributed else 1,
         "gpu": torch.cuda.get_device_name(device) if is_cuda else None,
         "cpu": platform.processor() or platform.machine(),
         "torch": torch.__version__,
@@ -290,6 +295,13 @@ def run_bench(
     config: BenchConfig, *, on_result: Callable[[SizeResult], None] | None = None
 ) -> BenchReport:
     device = torch.device(config.device)
+    is_reporter = True
+    if config.cfg_parallel:
+        device = init_cfg_parallel()
+        config = replace(config, device=str(device))
+        is_reporter = torch.distributed.get_rank() == 0
+        if not is_reporter:
+            on_result = None
     parsed = {mode: parse_mode(mode) for mode in config.modes}  # raises on a typo, before loading
     # Exact modes first, so approximate ones can be compared with their latents.
     modes = sorted(config.modes, key=lambda m: not parsed[m].is_exact)
@@ -308,6 +320,9 @@ def run_bench(
             mode_result.error = str(exc)
             _release(pipeline, device)
             continue
+        if config.cfg_parallel:
+            set_part(pipeline, "dit", CFGParallelDiT(get_part(pipeline, "dit")))
+            applied.notes.append("CFG-parallel: cond and uncond on 2 ranks")
         mode_result.optimize_s = time.perf_counter() - tic
         mode_result.optimizations = applied.summary()
         for size in config.sizes:
@@ -321,9 +336,9 @@ def run_bench(
             if on_result is not None:
                 on_result(result)
         _release(pipeline, device)
-    if config.compare_official is not None:
+    if config.compare_official is not None and is_reporter:
         report.official = run_official(config)
-    if config.results is not None:
+    if config.results is not None and is_reporter:
         append_results(config.results, report)
     return report
 

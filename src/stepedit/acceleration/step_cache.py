@@ -49,8 +49,7 @@ class _BranchState:
     first_residual: Tensor | None = None  # at the last full step
     rest_residual: Tensor | None = None  # joint output of the last single block - its input
     skipping: bool = False
-    first_img: Tensor | None = None  # this step's first-block outputs
-    first_txt: Tensor | None = None
+    first_joint: Tensor | None = None  # this step's first-block outputs as (txt, img)
     stats: StepCacheStats = field(default_factory=StepCacheStats)
 
 
@@ -182,7 +181,7 @@ class StepCachedDiT(nn.Module):
         else:
             state.stats.computed += 1
             state.consecutive_skips = 0
-        state.first_img = state.first_txt = None
+        state.first_joint = None
         return out
 
     # -- internals ------------------------------------------------------------------------------
@@ -217,7 +216,9 @@ class StepCachedDiT(nn.Module):
     def _after_first_block(self, img_in: Tensor, img: Tensor, txt: Tensor) -> None:
         state = self._state
         residual = img - img_in
-        state.first_img, state.first_txt = img, txt
+        # The DiT joins the streams as (txt, img) before the single blocks. A fresh tensor, not
+        # the block's output buffer, which CUDA-graph compile modes reuse on the next call.
+        state.first_joint = torch.cat((txt, img), dim=1)
         can_skip = (
             state.steps_seen >= self.cache_config.warmup_steps
             and state.consecutive_skips < self.cache_config.max_consecutive_skips
@@ -233,7 +234,5 @@ class StepCachedDiT(nn.Module):
     @torch.no_grad()
     def _after_last_block(self, out: Tensor) -> None:
         state = self._state
-        assert state.first_img is not None and state.first_txt is not None
-        # The DiT joins the streams as (txt, img) before the single blocks.
-        joint_in = torch.cat((state.first_txt, state.first_img), dim=1)
-        state.rest_residual = out - joint_in
+        assert state.first_joint is not None
+        state.rest_residual = out - state.first_joint

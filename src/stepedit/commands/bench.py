@@ -45,10 +45,17 @@ def register(subparsers: Any) -> None:
         metavar="PATH",
         help="also time the official inference code checked out at PATH (same dummy weights)",
     )
+    parser.add_argument(
+        "--cfg-parallel",
+        action="store_true",
+        help="cond and uncond on 2 GPUs; launch with torchrun --nproc-per-node 2",
+    )
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch.distributed
+
     from stepedit.bench import BenchConfig, format_row, format_table, run_bench, to_json
 
     dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
@@ -65,8 +72,14 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         results=None if args.no_results else args.results,
         compare_official=args.compare_official,
+        cfg_parallel=args.cfg_parallel,
     )
     report = run_bench(config, on_result=lambda r: print(format_row(r), flush=True))
+    if args.cfg_parallel and torch.distributed.get_rank() != 0:
+        torch.distributed.destroy_process_group()
+        return 0
+    if args.cfg_parallel:
+        torch.distributed.destroy_process_group()
     print()
     print(format_table(report))
     if args.json:
