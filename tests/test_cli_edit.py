@@ -95,3 +95,27 @@ def test_batch_with_a_bad_row_is_refused_before_loading(
     jsonl.write_text(json.dumps({"image": source.name, "prompt": "x", "steps": 0}) + "\n")
     assert main(["edit", "--batch", str(jsonl), "-o", str(tmp_path / "out"), *FAST]) == 2
     assert "row 1" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_console_script_end_to_end(source: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    out = tmp_path / "out.png"
+    command = [sys.executable, "-m", "stepedit.cli", "edit", str(source)]
+    done = subprocess.run(
+        [*command, "add a hat", "-o", str(out), *FAST],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert Image.open(out).size == (300, 200)
+    bad = subprocess.run(
+        [*command, "x", "-o", str(out), "--n", "9", *FAST],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr and "num_images" in bad.stderr

@@ -106,3 +106,15 @@ def test_tiny_qwen_is_seeded_and_round_trips(tmp_path: Path, image: Image.Image)
     expected, _ = QwenEditEncoder(model, processor)(["add a hat"], [image])
     got, _ = QwenEditEncoder(loaded_model, loaded_processor)(["add a hat"], [image])
     assert torch.equal(expected, got)
+
+
+def test_generate_returns_text(encoder: QwenEditEncoder, image: Image.Image) -> None:
+    messages = [
+        {
+            "role": "user",
+            "content": [{"type": "image", "image": image}, {"type": "text", "text": "hi"}],
+        }
+    ]
+    reply = encoder.generate(messages, max_new_tokens=3)
+    assert isinstance(reply, str)
+    assert reply == encoder.generate(messages, max_new_tokens=3)  # greedy: deterministic
