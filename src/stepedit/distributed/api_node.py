@@ -6,6 +6,7 @@ Jobs are committed to the shared database and dispatched to Celery; the sweeper 
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import logging
 
@@ -52,6 +53,15 @@ def _replace_health(app: FastAPI, service: SharedJobService) -> None:
             routes[index] = route
             return
     routes.insert(0, route)
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    """`stepedit serve --queue ... --db ...`: the serve options, plus the broker URL."""
+    from stepedit.commands.serve import settings_from_args
+
+    overrides = settings_from_args(args).model_dump(exclude_unset=True)
+    settings = DistributedSettings(**overrides, queue_url=args.queue_url)
+    return run_api_node(settings)
 
 
 def run_api_node(settings: DistributedSettings) -> int:

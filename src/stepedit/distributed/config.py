@@ -22,7 +22,7 @@ class DistributedSettings(Settings):
     job_timeout_s: float = 600.0  # per attempt; the job fails with code "timeout"
 
     # API node sweeper.
-    sweep_interval_s: float = 5.0
+    sweep_interval_s: float = 2.0  # also how soon a finished job's webhook is sent
     dispatch_grace_s: float = 30.0  # a queued job with no broker message this old is re-sent
 
     # Broker. Redis re-delivers an unacknowledged message after this long (a killed worker's
