@@ -356,6 +356,10 @@ class EditPipeline:
             enable_thinking=enable_thinking,
             enable_reflection=enable_reflection,
         )
+        if self.version == "v1.2":
+            # v1.2 conditions on a different prompt layout plus raw token embeddings
+            # (text_embeddings / text_mask); not built here yet.
+            raise NotImplementedError("EditPipeline does not implement v1.2 conditioning yet")
         started = time.perf_counter()
         timings: dict[str, float] = {}
 
