@@ -204,3 +204,10 @@ def test_seed_example_against_a_real_server(live_server) -> None:  # type: ignor
             model="stepfun-ai/step1x-edit", prompt="x", extra_body={"image": "http://127.0.0.1/"}
         )
     assert info.value.body["param"] == info.value.response.headers["x-request-id"]  # type: ignore[index]
+
+
+def test_queue_full_is_429_with_retry_after(settings: Settings, client: TestClient) -> None:
+    settings.max_queue = 0
+    response = client.post(URL, json=body())
+    assert assert_error(response, 429)["code"] == "queue_full"
+    assert int(response.headers["retry-after"]) > 0

@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from stepedit.engine import FakeEditor
+from stepedit.settings import Settings
 
 
 def make_png(width: int = 64, height: int = 64) -> bytes:
@@ -214,3 +215,10 @@ def test_seed_example_against_a_real_server(live_server, tmp_path: Path) -> None
     with pytest.raises(openai.BadRequestError) as info:
         client.images.edit(model="step-1x-edit", image=("a.txt", b"text", "text/plain"), prompt="x")
     assert info.value.body["param"] == "image"  # type: ignore[index]
+
+
+def test_queue_full_is_429_with_retry_after(settings: Settings, client: TestClient) -> None:
+    settings.max_queue = 0
+    response = client.post(URL, data=form(), files=png_file())
+    assert assert_error(response, 429)["type"] == "rate_limit_error"
+    assert int(response.headers["retry-after"]) > 0

@@ -182,3 +182,10 @@ def test_text_that_is_not_unicode_is_400(client: TestClient) -> None:
     raw = json.dumps(body(negative_prompt="a\ud800")).encode()  # ensure_ascii keeps the escape
     response = client.post(URL, content=raw, headers={"content-type": "application/json"})
     assert_error(response, 400, "negative_prompt")
+
+
+def test_queue_full_is_429_with_retry_after(settings: Settings, client: TestClient) -> None:
+    settings.max_queue = 0
+    response = client.post(URL, json=body())
+    assert_error(response, 429)
+    assert int(response.headers["retry-after"]) > 0

@@ -287,3 +287,17 @@ def test_against_a_real_server(  # type: ignore[no-untyped-def]
         assert Image.open(io.BytesIO(base64.b64decode(outputs[0]))).size == (64, 64)
         missing = http.get("/api/v3/predictions/0123456789abcdef/result")
         assert missing.status_code == 404 and missing.json()["code"] == 404
+
+
+def test_queue_full_is_429_with_retry_after(settings: Settings, client: TestClient) -> None:
+    settings.max_queue = 0
+    response = client.post(SUBMIT, json=body())
+    assert_error(response, 429)
+    assert int(response.headers["retry-after"]) > 0
+
+
+def test_idempotency_key_returns_the_same_prediction(client: TestClient) -> None:
+    headers = {"Idempotency-Key": "order-42"}
+    first = client.post(SUBMIT, json=body(), headers=headers).json()["data"]["id"]
+    again = client.post(SUBMIT, json=body(), headers=headers).json()["data"]["id"]
+    assert first == again

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+from typing import Annotated
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Header, Request, Response
 
 from stepedit.api.deps import AppSettings, Jobs, Owner
 from stepedit.api.errors import (
@@ -49,6 +50,7 @@ async def generate(
     jobs: Jobs,
     owner: Owner,
     settings: AppSettings,
+    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
 ) -> GenerationResponse:
     # Seed 003 reports errors with error.param = the request id; say it on success too.
     response.headers[REQUEST_ID_HEADER] = request_id_of(request)
@@ -57,7 +59,11 @@ async def generate(
     policy = fetch_policy_from_settings(settings)
     image = await load_image_source(body.image, rules_from_settings(settings), policy)
     view = await jobs.submit(
-        edit_request, await asyncio.to_thread(image.to_png_bytes), owner=owner, flavour=FLAVOUR
+        edit_request,
+        await asyncio.to_thread(image.to_png_bytes),
+        owner=owner,
+        flavour=FLAVOUR,
+        idempotency_key=idempotency_key,
     )
     view = await jobs.wait(view.id, owner, SYNC_WAIT_S)
     check_job_succeeded(view, SYNC_WAIT_S)

@@ -7,7 +7,7 @@ import base64
 import logging
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi import APIRouter, File, Form, Header, Request, UploadFile
 from starlette.datastructures import FormData
 from starlette.datastructures import UploadFile as StarletteUploadFile
 
@@ -45,6 +45,7 @@ async def edit_image(
     image: Annotated[
         UploadFile | None, File(description="jpg/png/webp, 64-1728 px a side, at most 10 MB")
     ] = None,
+    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
 ) -> ImageEditResponse:
     rules = rules_from_settings(settings, OPENAI_EDITS_RULES)
     prompt = check_prompt(form.prompt, MAX_PROMPT_CHARS)
@@ -54,7 +55,11 @@ async def edit_image(
     data = await read_upload(upload, rules.max_bytes)
     decoded = await asyncio.to_thread(decode_image, data, rules, param="image")
     view = await jobs.submit(
-        edit_request, await asyncio.to_thread(decoded.to_png_bytes), owner=owner, flavour=FLAVOUR
+        edit_request,
+        await asyncio.to_thread(decoded.to_png_bytes),
+        owner=owner,
+        flavour=FLAVOUR,
+        idempotency_key=idempotency_key,
     )
     view = await jobs.wait(view.id, owner, SYNC_WAIT_S)
     check_job_succeeded(view, SYNC_WAIT_S)

@@ -6,9 +6,9 @@ import asyncio
 import base64
 import json
 import logging
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Header, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
@@ -65,7 +65,11 @@ def _request_body_schema() -> dict[str, Any]:
     openapi_extra=_request_body_schema(),
 )
 async def edit_image(
-    request: Request, jobs: Jobs, owner: Owner, settings: AppSettings
+    request: Request,
+    jobs: Jobs,
+    owner: Owner,
+    settings: AppSettings,
+    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
 ) -> ReasoningEditResponse:
     rules = rules_from_settings(settings)
     body, upload = await read_request(request, rules.max_bytes)
@@ -73,7 +77,11 @@ async def edit_image(
     edit_request = to_edit_request(body, prompt)
     image = await load_image(body, upload, rules, settings)
     view = await jobs.submit(
-        edit_request, await asyncio.to_thread(image.to_png_bytes), owner=owner, flavour=FLAVOUR
+        edit_request,
+        await asyncio.to_thread(image.to_png_bytes),
+        owner=owner,
+        flavour=FLAVOUR,
+        idempotency_key=idempotency_key,
     )
     view = await jobs.wait(view.id, owner, SYNC_WAIT_S)
     check_job_succeeded(view, SYNC_WAIT_S)

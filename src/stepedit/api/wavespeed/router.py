@@ -7,7 +7,7 @@ import base64
 import logging
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Header, Query
 
 from stepedit.api.deps import AppSettings, Jobs, Owner
 from stepedit.api.errors import Flavour, error_responses
@@ -53,6 +53,7 @@ async def submit(
     webhook: Annotated[
         str | None, Query(description="URL POSTed the result object on completion")
     ] = None,
+    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
 ) -> PredictionResponse:
     policy = fetch_policy_from_settings(settings)
     if webhook and body.enable_base64_output:
@@ -69,6 +70,7 @@ async def submit(
         owner=owner,
         flavour=FLAVOUR,
         webhook_url=webhook_url,
+        idempotency_key=idempotency_key,
     )
     if body.enable_sync_mode:
         view = await jobs.wait(view.id, owner, SYNC_WAIT_S)
