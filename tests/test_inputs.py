@@ -6,6 +6,9 @@ import asyncio
 import base64
 import io
 import ipaddress
+import shutil
+import ssl
+import subprocess
 import threading
 import zlib
 from collections.abc import AsyncIterator, Coroutine, Iterator
@@ -358,3 +361,44 @@ def test_prompt_checks() -> None:
         with pytest.raises(InvalidInput):
             check_prompt(bad, 20)
     assert check_prompt("", 20, param="negative_prompt", allow_empty=True) == ""
+
+
+@pytest.fixture(scope="module")
+def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, str]]:
+    """An HTTPS image server on loopback with a self-signed certificate for `img.test`."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    directory = tmp_path_factory.mktemp("tls")
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-keyout", str(key), "-out", str(cert), "-subj", "/CN=img.test",
+         "-addext", "subjectAltName=DNS:img.test"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _ImageHandler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server.server_address[1], str(cert)
+    server.shutdown()
+
+
+def test_https_fetch_pins_the_address_and_still_verifies_the_hostname(
+    tls_server: tuple[int, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    port, cert = tls_server
+
+    async def resolve(host: str, port: int) -> list[ipaddress.IPv4Address]:
+        return [ipaddress.IPv4Address("127.0.0.1")]
+
+    monkeypatch.setattr("stepedit.inputs.resolve_addresses", resolve)
+    policy = FetchPolicy(allow_private_urls=True, timeout_s=10)
+    trusted = httpx.AsyncHTTPTransport(verify=ssl.create_default_context(cafile=cert))
+    data = run(fetch_image_bytes(f"https://img.test:{port}/a.png", policy, transport=trusted))
+    assert data == _ImageHandler.body
+    # The certificate is for img.test: the same address under another name must fail.
+    trusted = httpx.AsyncHTTPTransport(verify=ssl.create_default_context(cafile=cert))
+    with pytest.raises(ImageFetchError):
+        run(fetch_image_bytes(f"https://other.test:{port}/a.png", policy, transport=trusted))
