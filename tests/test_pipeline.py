@@ -174,12 +174,6 @@ def test_offload_and_cfg_layout_give_the_same_image(
     assert np.abs(pixels(split) - pixels(edit(pipe, source).images[0])).max() <= 1
 
 
-@pytest.mark.xfail(
-    reason="sampling.image_ids: the v1.1 reference builds reference-image ids as "
-    "torch.ones(...) + arange, i.e. (1, 1 + row, 1 + col) (diffusers port: ids + 1 too); "
-    "the sampler gives (1, row, col). Fixed in the sampler, this passes.",
-    strict=False,
-)
 def test_reference_image_ids_match_the_official_v11_layout() -> None:
     from stepedit import sampling
 

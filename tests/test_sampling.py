@@ -50,10 +50,11 @@ def test_prepare_ids_reference_index(version: str, index: int) -> None:
     assert img_ids.shape == (3, 12, 3) and txt_ids.shape == (3, 7, 3)
     noisy, ref = img_ids[:, :6], img_ids[:, 6:]
     assert (noisy[..., 0] == 0).all() and (ref[..., 0] == index).all()
-    # (row, col) of the packed 2x3 token grid, row-major, same for both halves.
+    # (row, col) of the packed 2x3 token grid, row-major; the reference half is offset by its
+    # index on every axis, as the official code builds it (ones + arange for v1.1).
     rows_cols = torch.tensor([[0, 0], [0, 1], [0, 2], [1, 0], [1, 1], [1, 2]]).float()
     torch.testing.assert_close(noisy[0, :, 1:], rows_cols)
-    torch.testing.assert_close(ref[0, :, 1:], rows_cols)
+    torch.testing.assert_close(ref[0, :, 1:], rows_cols + index)
     assert (txt_ids == 0).all()
 
 

@@ -78,12 +78,15 @@ def image_ids(
     index: int = 0,
     device: torch.device | None = None,
 ) -> Tensor:
-    """RoPE ids (index, row, col) of packed tokens: [B, (h/2)(w/2), 3] float32."""
+    """RoPE ids (index, index + row, index + col) of packed tokens: [B, (h/2)(w/2), 3] float32.
+
+    The offset shifts all three axes: the v1.1 reference builds the reference-image ids from
+    `torch.ones` and then adds the row/column ranges, so they start at (1, 1, 1), not (1, 0, 0).
+    """
     h, w = latent_height // 2, latent_width // 2
-    ids = torch.zeros(h, w, 3)
-    ids[..., 0] = index
-    ids[..., 1] = torch.arange(h)[:, None]
-    ids[..., 2] = torch.arange(w)[None, :]
+    ids = torch.full((h, w, 3), float(index))
+    ids[..., 1] += torch.arange(h)[:, None]
+    ids[..., 2] += torch.arange(w)[None, :]
     return repeat(ids, "h w c -> b (h w) c", b=batch_size).to(device)
 
 
