@@ -1,4 +1,8 @@
-"""WaveSpeedAI routes: submit, fetch a prediction, read the webhook secret."""
+"""WaveSpeedAI routes: submit, fetch a prediction, read the webhook secret.
+
+`enable_base64_output` applies to the submit response (with `enable_sync_mode`, the outputs are
+there); `GET .../result` always answers with output URLs, as the request is not re-read there.
+"""
 
 from __future__ import annotations
 
