@@ -202,6 +202,7 @@ def test_presets_compose_the_switches() -> None:
     assert fast.fp8 and fast.step_cache is not None and not fast.is_exact
     low = preset("24gb")
     assert low.fp8 and low.offload_mllm and low.vae_tiling and low.step_cache is None
+    assert preset("exact").offload_mllm and preset("exact").is_exact
     assert not preset("exact").vae_tiling
     assert OptimizationConfig() == preset("plain")
     with pytest.raises(ValueError, match="unknown optimization preset"):

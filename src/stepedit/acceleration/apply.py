@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from stepedit.acceleration.attention import AccelerationUnavailable, select_attention
+from stepedit.acceleration.attention import select_attention
 from stepedit.acceleration.compile import compile_blocks
 from stepedit.acceleration.config import OptimizationConfig
 from stepedit.acceleration.encoding_cache import CachedEncoder
@@ -127,18 +127,24 @@ def apply_optimizations(pipeline: Any, config: OptimizationConfig) -> AppliedOpt
 
     # 8. MLLM streamed from pinned host memory, layer by layer.
     if config.offload_mllm:
-        if device.type != "cuda":
-            raise AccelerationUnavailable("offload_mllm streams weights to a CUDA device")
-        text_model = get_part(pipeline, "text_model")
-        StreamedModule(text_model, device)
-        if getattr(pipeline, "offload", False):
-            # Loaded with offload (everything on the CPU): the FP8 DiT now lives on the GPU, the
-            # VAE is small enough to join it, and only the MLLM keeps moving.
-            get_part(pipeline, "ae").to(device)
-            pipeline.offload = False
-        torch.cuda.empty_cache()
+        _stream_mllm(pipeline, device, applied)
     logger.info("optimizations applied: %s", applied.summary())
     return applied
+
+
+def _stream_mllm(pipeline: Any, device: torch.device, applied: AppliedOptimizations) -> None:
+    if device.type != "cuda":
+        applied.notes.append(f"offload_mllm: nothing to do on {device.type}")
+        return
+    StreamedModule(get_part(pipeline, "text_model"), device)
+    if getattr(pipeline, "offload", False):
+        # Loaded with the pipeline's whole-model offload (everything on the host, for a small
+        # GPU): the DiT (already there if FP8 moved it) and the VAE now stay on the GPU, and
+        # only the MLLM keeps moving, layer by layer.
+        get_part(pipeline, "dit").to(device)
+        get_part(pipeline, "ae").to(device)
+        pipeline.offload = False
+    torch.cuda.empty_cache()
 
 
 def _enable_encoding_cache(pipeline: Any, applied: AppliedOptimizations) -> None:
