@@ -21,6 +21,7 @@ from stepedit.api import ops
 from stepedit.api.deps import Jobs
 from stepedit.api.errors import install_error_handlers
 from stepedit.api.generations import router as generations_router
+from stepedit.api.limits import BodySizeLimit, body_limit_for
 from stepedit.api.native.router import router as native_router
 from stepedit.api.openai_edits import router as openai_edits_router
 from stepedit.api.reasoning import router as reasoning_router
@@ -66,6 +67,7 @@ def create_app(settings: Settings, job_service: JobService) -> FastAPI:
     app.state.settings = settings
     app.state.job_service = job_service
     install_error_handlers(app)
+    app.add_middleware(BodySizeLimit, max_body_bytes=body_limit_for(settings.max_upload_bytes))
 
     app.include_router(ops.router)
     app.include_router(native_router)
