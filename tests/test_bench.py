@@ -63,7 +63,7 @@ def test_approximate_modes_report_their_deviation_and_fp8_is_refused_on_cpu() ->
         dtype="float32",
         sizes=(256,),
         steps=4,
-        modes=("plain+step_cache=0.5", "fast", "plain"),
+        modes=("plain+step_cache=0.5", "fast", "plain", "plain+encoding_cache"),
         warmup=0,
         repeats=1,
         results=None,
@@ -74,6 +74,8 @@ def test_approximate_modes_report_their_deviation_and_fp8_is_refused_on_cpu() ->
     assert by_name["fast"].error is not None and "FP8" in by_name["fast"].error
     (exact,) = by_name["plain"].sizes
     assert exact.max_abs_diff is None and exact.skipped_steps is None
+    (also_exact,) = by_name["plain+encoding_cache"].sizes
+    assert also_exact.max_abs_diff is not None and also_exact.max_abs_diff < 1e-5
     (cached,) = by_name["plain+step_cache=0.5"].sizes
     assert cached.skipped_steps is not None and cached.skipped_steps > 0
     assert cached.max_abs_diff is not None and cached.max_abs_diff > 0

@@ -4,8 +4,9 @@ For each mode (an optimization preset, see `stepedit.acceleration`) the pipeline
 (cold start, timed), optimized, then for each size run `warmup` untimed edits (they also compile)
 and `repeats` timed ones. Per-stage times come from the pipeline's own timings; per-step times
 from its progress callback, with a device synchronisation at each step so they are real. The
-final latents of approximate modes are compared with those of the first exact mode of the same
-run (same seed, same size), reported as max |diff| and PSNR.
+final latents of every mode after the first exact one are compared with that mode's (same seed,
+same size), as max |diff| and PSNR: approximate modes report their error, exact ones show how
+far they agree in bf16.
 
 `--compare-official PATH` times the official inference code (a checkout at PATH) in a child
 process with the very same dummy weights written to disk in the original layout, so both lines
@@ -289,11 +290,51 @@ def load_pipeline(config: BenchConfig, optimizations: OptimizationConfig) -> tup
     return pipeline, time.perf_counter() - tic
 
 
-def _release(pipeline: Any, device: torch.device) -> None:
-    del pipeline
+def free_device_memory(device: torch.device) -> None:
+    """Drop a finished mode's model: compiled graphs hold its parameters, so reset dynamo too."""
+    torch._dynamo.reset()
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
+
+
+def bench_mode(
+    config: BenchConfig,
+    mode: str,
+    optimizations: OptimizationConfig,
+    device: torch.device,
+    reference: dict[int, Tensor],
+    on_result: Callable[[SizeResult], None] | None = None,
+) -> ModeResult:
+    """Load, optimize and time one mode at every size. Its pipeline dies with this frame."""
+    pipeline, load_s = load_pipeline(config, optimizations)
+    mode_result = ModeResult(mode=mode, load_s=load_s)
+    tic = time.perf_counter()
+    try:
+        applied = apply_optimizations(pipeline, optimizations)
+    except AccelerationUnavailable as exc:
+        logger.warning("mode %s not run: %s", mode, exc)
+        mode_result.error = str(exc)
+        return mode_result
+    if config.cfg_parallel:
+        set_part(pipeline, "dit", CFGParallelDiT(get_part(pipeline, "dit")))
+        applied.notes.append("CFG-parallel: cond and uncond on 2 ranks")
+    _sync(device)
+    mode_result.optimize_s = time.perf_counter() - tic
+    mode_result.optimizations = applied.summary()
+    for size in config.sizes:
+        result, final = bench_size(pipeline, mode, size, config, device, applied.step_cache)
+        # Every mode after the first exact one is compared with it: approximate modes report
+        # their error, exact ones show that they agree to bf16 rounding.
+        if final is not None and size in reference:
+            result.max_abs_diff = float((final - reference[size]).abs().max())
+            result.psnr_db = psnr(final, reference[size])
+        elif final is not None and optimizations.is_exact:
+            reference[size] = final
+        mode_result.sizes.append(result)
+        if on_result is not None:
+            on_result(result)
+    return mode_result
 
 
 def run_bench(
@@ -313,34 +354,8 @@ def run_bench(
     report = BenchReport(config=_config_dict(config), environment=environment(device), modes=[])
     reference: dict[int, Tensor] = {}
     for mode in modes:
-        optimizations = parsed[mode]
-        pipeline, load_s = load_pipeline(config, optimizations)
-        mode_result = ModeResult(mode=mode, load_s=load_s)
-        report.modes.append(mode_result)
-        tic = time.perf_counter()
-        try:
-            applied = apply_optimizations(pipeline, optimizations)
-        except AccelerationUnavailable as exc:
-            logger.warning("mode %s skipped: %s", mode, exc)
-            mode_result.error = str(exc)
-            _release(pipeline, device)
-            continue
-        if config.cfg_parallel:
-            set_part(pipeline, "dit", CFGParallelDiT(get_part(pipeline, "dit")))
-            applied.notes.append("CFG-parallel: cond and uncond on 2 ranks")
-        mode_result.optimize_s = time.perf_counter() - tic
-        mode_result.optimizations = applied.summary()
-        for size in config.sizes:
-            result, final = bench_size(pipeline, mode, size, config, device, applied.step_cache)
-            if final is not None and optimizations.is_exact:
-                reference.setdefault(size, final)
-            elif final is not None and size in reference:
-                result.max_abs_diff = float((final - reference[size]).abs().max())
-                result.psnr_db = psnr(final, reference[size])
-            mode_result.sizes.append(result)
-            if on_result is not None:
-                on_result(result)
-        _release(pipeline, device)
+        report.modes.append(bench_mode(config, mode, parsed[mode], device, reference, on_result))
+        free_device_memory(device)
     if config.compare_official is not None and is_reporter:
         report.official = run_official(config)
     if config.results is not None and is_reporter:
