@@ -20,6 +20,7 @@ from stepedit.bench import (
     format_table,
     psnr,
     run_bench,
+    run_official,
 )
 from stepedit.cli import main
 
@@ -122,3 +123,45 @@ def test_bench_runs_cfg_parallel_on_two_gloo_ranks(tmp_path: Path) -> None:
     (report,) = _results_json(tmp_path / "benchmarks" / "RESULTS.md")
     assert report["environment"]["world_size"] == 2  # type: ignore[index]
     assert "CFG-parallel" in str(report["modes"][0]["optimizations"]["notes"])  # type: ignore[index]
+
+
+FAKE_OFFICIAL = """
+import os, time
+
+class ImageGenerator:
+    def __init__(self, ae_path, dit_path, qwen2vl_model_path, max_length, version):
+        for path in (ae_path, dit_path, os.path.join(qwen2vl_model_path, "config.json")):
+            assert os.path.exists(path), path
+        assert dit_path.endswith("step1x-edit-v1p1-official.safetensors") and version == "v1.1"
+
+    def generate_image(self, prompt, negative_prompt, ref_images, num_steps, cfg_guidance,
+                       seed, size_level):
+        assert ref_images.size == (size_level, size_level) and num_steps == 2
+        print("official chatter on stdout")
+        time.sleep(0.01)
+"""
+
+
+@pytest.mark.slow
+def test_compare_official_times_the_official_code_with_the_same_weights(tmp_path: Path) -> None:
+    official = tmp_path / "official"
+    official.mkdir()
+    (official / "inference.py").write_text(FAKE_OFFICIAL)
+    config = BenchConfig(
+        model="dummy:tiny-v1.1",
+        device="cpu",
+        sizes=(256,),
+        steps=2,
+        warmup=1,
+        repeats=2,
+        results=None,
+        compare_official=official,
+    )
+    (row,) = run_official(config, tmp_path / "work")
+    assert row["size"] == 256, row
+    assert 0.01 <= row["seconds_per_edit"] < 5 and row["edits_per_minute"] > 0
+    assert (tmp_path / "work" / "checkpoint" / "vae.safetensors").exists()
+
+    (official / "inference.py").write_text("raise ImportError('no xfuser here')")
+    (row,) = run_official(config, tmp_path / "work")  # reuses the written checkpoint
+    assert "no xfuser here" in row["error"]

@@ -16,10 +16,13 @@ land in one RESULTS.md entry. See benchmarks/README.md.
 from __future__ import annotations
 
 import gc
+import importlib
 import itertools
 import json
 import logging
+import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -65,6 +68,7 @@ class BenchConfig:
     results: Path | None = Path("benchmarks/RESULTS.md")
     compare_official: Path | None = None
     cfg_parallel: bool = False  # launched by torchrun on 2 ranks; rank 0 reports
+    official_workdir: Path | None = None  # default: ~/.cache/stepedit/bench-official/<model>
 
 
 @dataclass
@@ -357,7 +361,7 @@ def run_bench(
         report.modes.append(bench_mode(config, mode, parsed[mode], device, reference, on_result))
         free_device_memory(device)
     if config.compare_official is not None and is_reporter:
-        report.official = run_official(config)
+        report.official = run_official(config, config.official_workdir)
     if config.results is not None and is_reporter:
         append_results(config.results, report)
     return report
@@ -458,74 +462,99 @@ def append_results(path: Path, report: BenchReport) -> None:
 # ---------------------------------------------------------------------- official code
 
 
-def run_official(config: BenchConfig) -> list[dict[str, Any]]:
-    """Time the official code at PATH with this run's dummy weights, one child per size."""
+OFFICIAL_RESULT_PREFIX = "STEPEDIT_BENCH_RESULT "
+
+
+def official_workdir(model: str) -> Path:
+    """Where the checkpoint for the official code is written once and reused (outside the repo)."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return cache / "stepedit" / "bench-official" / re.sub(r"[^A-Za-z0-9._-]+", "_", model)
+
+
+def run_official(config: BenchConfig, workdir: Path | None = None) -> list[dict[str, Any]]:
+    """Time the official code at PATH with this run's weights, one child process per size."""
     assert config.compare_official is not None
     from stepedit.weights import load_components, write_checkpoint
 
-    workdir = Path("benchmarks/.official")
+    workdir = (workdir or official_workdir(config.model)).resolve()
     checkpoint = workdir / "checkpoint"
-    if not (checkpoint / "vae.safetensors").exists():
+    version_file = workdir / "version"
+    if not version_file.exists():
         components = load_components(config.model, device="cpu", dtype=torch.bfloat16)
         write_checkpoint(components, checkpoint, "original")
+        version_file.write_text(components.version)
         del components
         gc.collect()
+    version = version_file.read_text().strip()
     results = []
     for size in config.sizes:
         image_path = workdir / f"input-{size}.png"
         sample_image(size).save(image_path)
         command = [
             sys.executable, "-m", "stepedit.bench", "official",
-            str(config.compare_official), str(checkpoint), str(image_path),
-            str(size), str(config.steps), str(config.guidance_scale), str(config.seed),
-            str(config.warmup), str(config.repeats),
+            str(Path(config.compare_official).resolve()), str(checkpoint), version,
+            str(image_path), str(size), str(config.steps), str(config.guidance_scale),
+            str(config.seed), str(config.warmup), str(config.repeats),
         ]  # fmt: skip
-        out = subprocess.run(command, capture_output=True, text=True, check=False)
-        if out.returncode != 0:
-            results.append({"size": size, "error": out.stderr[-2000:]})
+        # The official code imports its `modules` package relative to its checkout.
+        out = subprocess.run(
+            command, capture_output=True, text=True, check=False, cwd=config.compare_official
+        )
+        lines = [ln for ln in out.stdout.splitlines() if ln.startswith(OFFICIAL_RESULT_PREFIX)]
+        if out.returncode != 0 or not lines:
+            results.append({"size": size, "error": (out.stderr or out.stdout)[-2000:]})
             continue
-        results.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        results.append(json.loads(lines[-1].removeprefix(OFFICIAL_RESULT_PREFIX)))
     return results
 
 
 def _official_child(argv: list[str]) -> None:
     """Child process: import the official ImageGenerator from a checkout and time edits."""
-    repo, checkpoint, image_path = Path(argv[0]), Path(argv[1]), argv[2]
+    repo, checkpoint, version, image_path = Path(argv[0]), Path(argv[1]), argv[2], argv[3]
     size, steps, guidance, seed, warmup, repeats = (
-        int(argv[3]), int(argv[4]), float(argv[5]), int(argv[6]), int(argv[7]), int(argv[8])
+        int(argv[4]), int(argv[5]), float(argv[6]), int(argv[7]), int(argv[8]), int(argv[9])
     )  # fmt: skip
+    from stepedit.weights.formats import DIT_FILE_NAMES, QWEN_FOLDER_NAME
+
+    is_cuda = torch.cuda.is_available()
+
+    def sync() -> None:
+        if is_cuda:
+            torch.cuda.synchronize()
+
     sys.path.insert(0, str(repo))
-    official = __import__("inference")
+    official = importlib.import_module("inference")
     tic = time.perf_counter()
     generator = official.ImageGenerator(
         ae_path=str(checkpoint / "vae.safetensors"),
-        dit_path=str(checkpoint / "step1x-edit-v1p1-official.safetensors"),
-        qwen2vl_model_path=str(checkpoint / "Qwen2.5-VL-7B-Instruct"),
+        dit_path=str(checkpoint / DIT_FILE_NAMES[version]),
+        qwen2vl_model_path=str(checkpoint / QWEN_FOLDER_NAME),
         max_length=640,
-        version="v1.1",
+        version=version,
     )
-    torch.cuda.synchronize()
+    sync()
     load_s = time.perf_counter() - tic
     image = Image.open(image_path).convert("RGB")
     times = []
     for i in range(warmup + repeats):
-        if i == warmup:
+        if i == warmup and is_cuda:
             torch.cuda.reset_peak_memory_stats()
-        torch.cuda.synchronize()
+        sync()
         tic = time.perf_counter()
         generator.generate_image(
             PROMPT, negative_prompt="", ref_images=image, num_steps=steps,
             cfg_guidance=guidance, seed=seed, size_level=size,
         )  # fmt: skip
-        torch.cuda.synchronize()
+        sync()
         if i >= warmup:
             times.append(time.perf_counter() - tic)
     per_edit = statistics.median(times)
-    print(json.dumps({
+    peak = torch.cuda.max_memory_allocated() / 2**30 if is_cuda else None
+    result = {
         "size": size, "load_s": load_s, "seconds_per_edit": per_edit,
-        "edits_per_minute": 60.0 / per_edit,
-        "peak_memory_gb": torch.cuda.max_memory_allocated() / 2**30,
-    }))  # fmt: skip
+        "edits_per_minute": 60.0 / per_edit, "peak_memory_gb": peak,
+    }  # fmt: skip
+    print(OFFICIAL_RESULT_PREFIX + json.dumps(result), flush=True)
 
 
 if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "official":
