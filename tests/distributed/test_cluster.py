@@ -229,3 +229,16 @@ def test_outputs_in_s3_compatible_storage(
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket="stepedit-test")["Contents"]]
     assert [k for k in keys if k.startswith("outputs-prefix/outputs/")]
     assert not [k for k in keys if k.startswith("outputs-prefix/inputs/")]  # deleted at the end
+
+
+def test_api_node_killed_loses_no_accepted_job(cluster: Cluster, redis: RedisServer) -> None:
+    first = cluster.api()
+    ids = [submit(first, i, num_inference_steps=2) for i in range(4)]
+    first.kill()
+    # The worst case for dispatch: every message gone (as if the node died before sending).
+    redis.stop()
+    redis.start()
+    second = cluster.api()
+    cluster.worker("fake:0.05")
+    jobs = wait_done(second, ids, timeout_s=60)
+    assert [j["status"] for j in jobs] == ["succeeded"] * len(ids)

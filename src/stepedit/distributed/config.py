@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Literal
 
+from pydantic import field_validator
+
 from stepedit.settings import Settings
 
 ModelVersion = Literal["v1.0", "v1.1", "v1.2"]
@@ -35,6 +37,15 @@ class DistributedSettings(Settings):
     storage_url: str | None = None
     s3_endpoint_url: str | None = None  # MinIO, Ceph, moto_server...
     s3_region: str | None = None
+
+    @field_validator("database_url")
+    @classmethod
+    def _psycopg_driver(cls, value: str | None) -> str | None:
+        # SQLAlchemy reads a bare postgresql:// as psycopg2; the extra installs psycopg 3.
+        for prefix in ("postgresql://", "postgres://"):
+            if value and value.startswith(prefix):
+                return "postgresql+psycopg://" + value[len(prefix) :]
+        return value
 
     @property
     def is_distributed(self) -> bool:
