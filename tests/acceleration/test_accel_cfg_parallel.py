@@ -22,7 +22,7 @@ def _free_port() -> int:
 
 
 def _denoise(model: torch.nn.Module) -> torch.Tensor:
-    from conftest import make_inputs  # type: ignore[import-not-found]
+    from accel_tiny_edit import make_inputs  # type: ignore[import-not-found]
 
     x = make_inputs(30, steps=3)
     with torch.no_grad():
@@ -37,7 +37,7 @@ def _worker(rank: int, port: int, out_dir: str, tests_dir: str) -> None:
     import sys
 
     sys.path.insert(0, tests_dir)
-    from conftest import make_tiny_dit  # type: ignore[import-not-found]
+    from accel_tiny_edit import make_tiny_dit  # type: ignore[import-not-found]
 
     os.environ.update(
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2"
@@ -53,7 +53,7 @@ def _worker(rank: int, port: int, out_dir: str, tests_dir: str) -> None:
 
 @pytest.mark.slow
 def test_cfg_parallel_on_two_processes_equals_one(tmp_path: Path) -> None:
-    from conftest import make_tiny_dit  # type: ignore[import-not-found]
+    from accel_tiny_edit import make_tiny_dit  # type: ignore[import-not-found]
 
     tests_dir = str(Path(__file__).parent)
     mp.spawn(_worker, args=(_free_port(), str(tmp_path), tests_dir), nprocs=2, join=True)

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import make_inputs  # type: ignore[import-not-found]
+from accel_tiny_edit import make_inputs  # type: ignore[import-not-found]
 from PIL import Image
 from torch import nn
 

@@ -6,7 +6,7 @@ import importlib.util
 
 import pytest
 import torch
-from conftest import make_inputs, make_tiny_dit  # type: ignore[import-not-found]
+from accel_tiny_edit import make_inputs, make_tiny_dit  # type: ignore[import-not-found]
 from torch import nn
 
 from stepedit.acceleration.attention import has_cudnn_sdpa, has_flash3, select_attention
