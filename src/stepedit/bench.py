@@ -288,7 +288,7 @@ def load_pipeline(config: BenchConfig, optimizations: OptimizationConfig) -> tup
     tic = time.perf_counter()
     # 24 GB: load on the host; the optimizations then place the FP8 DiT on the GPU block by block.
     pipeline = EditPipeline.from_pretrained(
-        config.model, device=device, dtype=dtype, offload=optimizations.offload_mllm
+        config.model, device=device, dtype=dtype, offload=optimizations.load_on_host
     )
     _sync(device)
     return pipeline, time.perf_counter() - tic

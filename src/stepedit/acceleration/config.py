@@ -55,6 +55,10 @@ class OptimizationConfig:
     vae_tiling: bool = False  # decode large latents tile by tile
     vae_tile_min_pixels: int = 1536 * 1536  # only images above this many pixels are tiled
     offload_mllm: bool = False  # keep the MLLM in pinned CPU memory; on the GPU only to encode
+    # Load every weight to host memory first (EditPipeline offload=True) and let the switches
+    # place them: for GPUs smaller than the bf16 model. A loader hint; apply_optimizations
+    # works on either placement.
+    load_on_host: bool = False
 
     @property
     def is_exact(self) -> bool:
@@ -80,7 +84,7 @@ FAST = replace(EXACT, fp8=True, step_cache=StepCacheConfig())
 # 24 GB cards: DiT resident in FP8 (about 13 GB: 11.8 B block parameters at 1 byte, 0.6 B at 2),
 # the 7B MLLM (about 16.6 GB in bf16, so it cannot sit next to the DiT whole) streamed in from
 # pinned host memory for the one encode per edit, VAE tiled above 1536 px. No step cache.
-LOW_MEMORY = replace(EXACT, fp8=True, vae_tiling=True)
+LOW_MEMORY = replace(EXACT, fp8=True, vae_tiling=True, load_on_host=True)
 
 PRESETS: dict[str, OptimizationConfig] = {
     "plain": PLAIN,
