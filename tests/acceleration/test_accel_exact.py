@@ -207,3 +207,13 @@ def test_presets_compose_the_switches() -> None:
     assert OptimizationConfig() == preset("plain")
     with pytest.raises(ValueError, match="unknown optimization preset"):
         preset("turbo")
+
+
+def test_streaming_the_tiny_qwen_keeps_its_encodings() -> None:
+    pipeline = EditPipeline.from_pretrained("dummy:tiny-v1.1", device="cpu", dtype=torch.float32)
+    image = sample_image(256)
+    expected = pipeline.encoder(["add a hat", ""], [image, image])
+    streamer = StreamedModule(pipeline.components.text_model, torch.device("cpu"))
+    got = pipeline.encoder(["add a hat", ""], [image, image])
+    streamer.remove()
+    assert all(torch.equal(g, e) for g, e in zip(got, expected, strict=True))
