@@ -17,17 +17,23 @@ pipeline_step1x_edit_v1p2.py, `_get_qwenvl_embeds` / `encode_prompt`) against v1
    `text_token_mapping` (Linear 3584 -> 4096) added to the connector output;
 5. the Qwen processor bounds the image to 256..400 merged tokens (v1.0/v1.1: 256..324) and gets
    the working-size image directly (no qwen_vl_utils resize).
-This module holds the rules of 1-4 as plain, tested functions; the model-calling encoder that
-assembles them is left to the encoder's owner (see the report that introduced this file).
+The rules of 1-4 are plain, tested functions; `QwenEditEncoderV12` runs Qwen2.5-VL and
+assembles them into the DiT's v1.2 conditioning (`V12Conditioning`).
 """
 
 from __future__ import annotations
 
+import inspect
 import re
+from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
+from PIL import Image
 from torch import Tensor
+from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
 
 # EDIT_PREFIX in pipeline_step1x_edit_v1p2.py (reference above); "\u0020" is its trailing space.
 V12_EDIT_PREFIX = (
@@ -168,3 +174,222 @@ def text_position_ids(
         )
     ids[is_vision, 1:] = positions
     return ids
+
+
+@dataclass(frozen=True)
+class V12Conditioning:
+    """What the v1.2 DiT reads for one or more prompts; rows are padded to the longest row.
+
+    The reference never pads (it encodes each prompt alone and trims it to its valid length);
+    callers that stack rows must cut each row back to `mask.sum()` before the DiT sees it, since
+    the DiT's joint attention does not mask text padding.
+    """
+
+    emb: Tensor  # [B, L, hidden] last hidden state, from token 90 on
+    mask: Tensor  # [B, L] long, 1 for kept tokens
+    txt_ids: Tensor  # [B, L, 3] float32 DiT positions (`text_position_ids`)
+    text_embeds: Tensor  # [B, L, hidden] input embeddings (image features inserted)
+    text_mask: Tensor  # [B, L] long, 1 for characters inside quotes
+
+    @property
+    def lengths(self) -> list[int]:
+        return [int(n) for n in self.mask.sum(dim=1).tolist()]
+
+    def repeat_rows(self, times: int) -> V12Conditioning:
+        def rep(x: Tensor) -> Tensor:
+            return torch.repeat_interleave(x, times, dim=0)
+
+        return V12Conditioning(
+            rep(self.emb), rep(self.mask), rep(self.txt_ids), rep(self.text_embeds),
+            rep(self.text_mask),
+        )  # fmt: skip
+
+
+def stack_conditioning(rows: Sequence[V12Conditioning]) -> V12Conditioning:
+    """Concatenate along the batch, zero-padding every row to the longest one."""
+    length = max(row.mask.shape[1] for row in rows)
+
+    def cat(name: str) -> Tensor:
+        parts = []
+        for row in rows:
+            x: Tensor = getattr(row, name)
+            pad = length - x.shape[1]
+            if pad:
+                x = torch.cat([x, x.new_zeros((x.shape[0], pad, *x.shape[2:]))], dim=1)
+            parts.append(x)
+        return torch.cat(parts)
+
+    return V12Conditioning(
+        cat("emb"), cat("mask"), cat("txt_ids"), cat("text_embeds"), cat("text_mask")
+    )
+
+
+def special_token_strings(tokenizer: Any) -> list[str]:
+    """The tokenizer's special tokens, as the reference's `_special_token_strings` lists them."""
+    tokens = list(getattr(tokenizer, "additional_special_tokens", None) or [])
+    tokens.extend(t.content for t in tokenizer.added_tokens_decoder.values())
+    return tokens
+
+
+class QwenEditEncoderV12:
+    """`encoder(prompts, images) -> V12Conditioning`: the v1.2 reference's `_get_qwenvl_embeds`
+    followed by its `encode_prompt` (position ids and trimming), one prompt at a time."""
+
+    def __init__(
+        self,
+        model: Qwen2_5_VLForConditionalGeneration,
+        processor: Qwen2_5_VLProcessor,
+        max_length: int = V12_MAX_TOKENS,
+    ) -> None:
+        self.model = model
+        self.processor = processor
+        self.max_length = max_length
+        tokenizer: Any = processor.tokenizer
+        self.tokenizer = tokenizer
+        self.special_tokens = special_token_strings(tokenizer)
+        self.image_token_id = int(model.config.image_token_id)
+        # transformers 5 derives M-RoPE ids from explicit token types; 4.x from the ids.
+        rope_params = inspect.signature(model.model.get_rope_index).parameters
+        self._rope_takes_token_types = "mm_token_type_ids" in rope_params
+        self._cache: OrderedDict[tuple[str, str], V12Conditioning] = OrderedDict()
+        self._cache_size = 8
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def render(self, prompt: str) -> str:
+        messages: list[dict[str, Any]] = [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": f"{V12_EDIT_PREFIX} {prompt}"},
+                    {"type": "image"},
+                ],
+            }
+        ]
+        text: str = self.processor.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True, add_vision_id=True
+        )
+        return text
+
+    def tokenize(self, text: str, image: Image.Image) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(input_ids [1, T], quote mask [1, T], pixel_values, image_grid_thw [1, 3]).
+
+        Every piece is tokenized on its own, as the reference does; the image-pad piece goes
+        through the processor, which expands it to one pad per merged vision token.
+        """
+        ids: list[Tensor] = []
+        quoted: list[Tensor] = []
+        pixel_values: Tensor | None = None
+        grid: Tensor | None = None
+        pieces = split_for_tokenizing(text, len(V12_EDIT_PREFIX), self.special_tokens)
+        for piece, is_quoted in pieces:
+            if "<|image_pad|>" in piece:
+                inputs = self.processor(
+                    text=[piece],
+                    images=[image],
+                    size={"shortest_edge": V12_MIN_PIXELS, "longest_edge": V12_MAX_PIXELS},
+                    return_tensors="pt",
+                )
+                pixel_values, grid = inputs["pixel_values"], inputs["image_grid_thw"]
+                piece_ids = inputs["input_ids"][0]
+            else:
+                piece_ids = torch.tensor(self.tokenizer(piece).input_ids, dtype=torch.long)
+            ids.append(piece_ids)
+            quoted.append(torch.full_like(piece_ids, int(is_quoted)))
+        if pixel_values is None or grid is None:
+            raise ValueError("the rendered template has no image")
+        return torch.cat(ids)[None], torch.cat(quoted)[None], pixel_values, grid
+
+    def _rope_index(self, input_ids: Tensor, grid: Tensor, attention_mask: Tensor) -> Tensor:
+        """Qwen's M-RoPE ids [3, 1, T] (tokens with id 0 are skipped, as the reference's mask)."""
+        language: Any = self.model.model
+        if self._rope_takes_token_types:
+            token_types = (input_ids == self.image_token_id).int()
+            position_ids, _ = language.get_rope_index(
+                input_ids,
+                mm_token_type_ids=token_types,
+                image_grid_thw=grid,
+                attention_mask=attention_mask,
+            )
+        else:  # pragma: no cover - transformers 4.x
+            position_ids, _ = language.get_rope_index(input_ids, grid, None, None, attention_mask)
+        ids: Tensor = position_ids
+        return ids
+
+    @torch.inference_mode()
+    def encode_one(self, prompt: str, image: Image.Image) -> V12Conditioning:
+        """Conditioning of batch 1 and length min(T - 90, max_length) for one prompt."""
+        image = image.convert("RGB")
+        input_ids, quoted, pixel_values, grid = self.tokenize(self.render(prompt), image)
+        input_ids, grid = input_ids.to(self.device), grid.to(self.device)
+        attention_mask = (input_ids > 0).long()
+
+        # 1. Input embeddings with the image features in place of the pads.
+        model: Any = self.model
+        inputs_embeds = model.get_input_embeddings()(input_ids)  # [1, T, hidden]
+        features = model.model.get_image_features(
+            pixel_values.to(self.device, self.dtype), grid, return_dict=True
+        ).pooler_output
+        features = torch.cat(list(features)) if isinstance(features, list | tuple) else features
+        is_image = input_ids == self.image_token_id  # [1, T]
+        if int(is_image.sum()) != features.shape[0]:
+            raise ValueError(f"{int(is_image.sum())} image tokens but {features.shape[0]} features")
+        inputs_embeds = inputs_embeds.masked_scatter(
+            is_image[..., None].expand_as(inputs_embeds), features.to(inputs_embeds.dtype)
+        )
+
+        # 2. The LLM over them with M-RoPE ids; no attention mask (the reference passes none).
+        position_ids = self._rope_index(input_ids, grid, attention_mask)  # [3, 1, T]
+        outputs = model(
+            inputs_embeds=inputs_embeds, position_ids=position_ids, output_hidden_states=True
+        )
+        hidden = outputs.hidden_states[-1]  # [1, T, hidden]
+
+        # 3. Drop the system turn and the prefix, keep at most max_length tokens.
+        keep = slice(V12_PREFIX_TOKENS, V12_PREFIX_TOKENS + self.max_length)
+        emb = hidden[:, keep]  # [1, L, hidden]
+        length = emb.shape[1]
+        txt_ids = text_position_ids(
+            position_ids.permute(1, 2, 0)[0, keep].cpu(),
+            is_image[0, keep].cpu(),
+            (int(grid[0, 1]) // 2, int(grid[0, 2]) // 2),
+            image.size,
+        )
+        return V12Conditioning(
+            emb=emb,
+            mask=torch.ones(1, length, dtype=torch.long, device=self.device),
+            txt_ids=txt_ids[None].to(self.device),
+            text_embeds=inputs_embeds[:, keep],
+            text_mask=quoted[:, keep].to(self.device),
+        )
+
+    def encode_cached(self, prompt: str, image: Image.Image) -> V12Conditioning:
+        """Exact reuse of an earlier encoding (the negative prompt repeats across requests)."""
+        from stepedit.encoder import image_digest
+
+        key = (prompt, image_digest(image))
+        hit = self._cache.get(key)
+        if hit is not None and hit.emb.device == self.device and hit.emb.dtype == self.dtype:
+            self._cache.move_to_end(key)
+            return hit
+        result = self.encode_one(prompt, image)
+        self._cache[key] = result
+        while len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+        return result
+
+    def clear_cache(self) -> None:
+        self._cache.clear()
+
+    def __call__(self, prompts: list[str], images: list[Image.Image]) -> V12Conditioning:
+        if len(prompts) != len(images):
+            raise ValueError(f"{len(prompts)} prompts but {len(images)} images")
+        return stack_conditioning(
+            [self.encode_one(p, i) for p, i in zip(prompts, images, strict=True)]
+        )
