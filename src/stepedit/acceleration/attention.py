@@ -1,8 +1,10 @@
 """Choose the attention kernel behind the DiT's `attention()` for the whole process.
 
 FlashAttention-3 goes through the model's own backend switch (`set_attention_backend`); cuDNN
-SDPA is selected with PyTorch's global SDPA toggles, which `torch.compile` also honours when it
-traces the blocks. Both are exact up to the kernel's float rounding.
+SDPA is selected with PyTorch's global SDPA toggles. `torch.nn.attention.sdpa_kernel` sets the
+very same toggles, but only inside a `with` block; setting them once for the process avoids
+wrapping every DiT call, and `torch.compile` reads them when it traces the blocks. Both are
+exact up to the kernel's float rounding.
 """
 
 from __future__ import annotations
