@@ -36,5 +36,10 @@ class EditRequest:
     enable_thinking: bool | None = None  # None: the model version's default
     enable_reflection: bool | None = None
     enhance_prompt: bool = False
+    # Only the prompt enhancer runs (POST /v1/prompt/enhance): no diffusion, no images; the job's
+    # prompt_used is the enhanced instruction. enhance_image False: the enhancer is not shown the
+    # job's image (the endpoint was called without one and a placeholder was stored).
+    enhance_only: bool = False
+    enhance_image: bool = True
     model: str | None = None  # model version requested; None: whichever the server serves
     output_format: ImageFormat = "png"

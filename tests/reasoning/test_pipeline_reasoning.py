@@ -6,6 +6,8 @@ test says it uses the tiny random Qwen itself.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
@@ -18,7 +20,7 @@ from stepedit.reasoning import TokenBudget
 
 from .scripted import FAILED, RETRY, SUCCESS, ScriptedMLLM, default_answers, score_json
 
-FAST = {"num_inference_steps": 2, "size_level": 256}
+FAST: dict[str, Any] = {"num_inference_steps": 2, "size_level": 256}
 REWRITTEN = "Add a red straw hat on the table next to the apple."
 
 

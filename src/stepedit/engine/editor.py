@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from PIL import Image, ImageOps
 
@@ -27,6 +27,8 @@ class EditorResult:
     passes: list[str]  # which passes ran ("edit", "thinking", "reflection", ...)
     inference_s: float  # measured device time
     stages_s: dict[str, float] = field(default_factory=dict)
+    # Reasoning record for the job (original/rewritten prompt, rounds with verdicts), or None.
+    reasoning: dict[str, Any] | None = None
 
 
 class Editor(Protocol):

@@ -6,12 +6,13 @@ The only engine module that imports torch; the API never imports it (load it laz
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import torch
 from PIL import Image
 
 from stepedit.engine.editor import EditorResult, ProgressCallback
-from stepedit.pipeline import EditPipeline, PipelineProgress
+from stepedit.pipeline import EditOutput, EditPipeline, PipelineProgress
 from stepedit.request import EditRequest
 from stepedit.settings import Settings
 
@@ -29,6 +30,7 @@ class PipelineEditor:
     def __init__(self, pipeline: EditPipeline, device: torch.device) -> None:
         self.pipeline = pipeline
         self.device = device
+        self.model_version = pipeline.version
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PipelineEditor:
@@ -53,6 +55,8 @@ class PipelineEditor:
 
         self._synchronize()
         started = time.perf_counter()
+        if request.enhance_only:
+            return self._enhance_only(request, image, started)
         output = self.pipeline(
             image,
             request.prompt,
@@ -77,8 +81,37 @@ class PipelineEditor:
             passes=list(output.passes),
             inference_s=time.perf_counter() - started,
             stages_s=dict(output.timings),
+            reasoning=reasoning_record(output),
+        )
+
+    def _enhance_only(
+        self, request: EditRequest, image: Image.Image, started: float
+    ) -> EditorResult:
+        """POST /v1/prompt/enhance: the enhancer alone; the job's prompt_used is its answer."""
+        enhanced = self.pipeline.enhance(request.prompt, image if request.enhance_image else None)
+        seconds = time.perf_counter() - started
+        return EditorResult(
+            images=[],
+            seeds=[],
+            prompt=enhanced,
+            passes=["enhance"],
+            inference_s=seconds,
+            stages_s={"enhance": seconds},
+            reasoning={"original_prompt": request.prompt, "prompt": enhanced, "rounds": []},
         )
 
     def _synchronize(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+
+
+def reasoning_record(output: EditOutput) -> dict[str, Any] | None:
+    """What the job record keeps of the MLLM passes; None for a plain edit."""
+    if output.passes == ["diffusion"]:
+        return None
+    return {
+        "original_prompt": output.original_prompt,
+        "prompt": output.prompt,
+        "best_round": None if output.best_round is None else output.best_round + 1,
+        "rounds": [r.to_dict() for r in output.rounds],
+    }

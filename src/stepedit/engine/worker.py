@@ -53,6 +53,7 @@ def run_job(
             passes=result.passes,
             inference_ms=result.inference_s * 1000,
             stages_ms=result.stages_s,
+            reasoning=result.reasoning,
         )
     except JobCanceled:
         service.finish_canceled(job.id)
@@ -121,6 +122,8 @@ class InProcessWorker:
             self.load_error = exc
             logger.exception("the model could not be loaded; the server stays unready")
             return
+        # /health reports the loaded model's version (the playground greys out reasoning).
+        self.service.model_version = getattr(editor, "model_version", None)
         self.service.set_ready(True)
         logger.info("model loaded; worker ready")
         try:

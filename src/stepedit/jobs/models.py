@@ -82,6 +82,7 @@ class JobRecord(Base):
     prompt_used: Mapped[str | None] = mapped_column(Text)
     passes_json: Mapped[str] = mapped_column(Text, default="[]")
     timings_json: Mapped[str] = mapped_column(Text, default="{}")
+    reasoning_json: Mapped[str | None] = mapped_column(Text)  # rounds and verdicts (v1.2)
     inference_ms: Mapped[float | None] = mapped_column(Float)
     error_code: Mapped[str | None] = mapped_column(String(64))
     error_message: Mapped[str | None] = mapped_column(Text)

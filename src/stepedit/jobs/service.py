@@ -106,6 +106,7 @@ def to_native_dict(view: JobView) -> dict[str, Any]:
         "outputs": [{"url": o.url, "seed": o.seed, "nsfw": o.nsfw} for o in view.outputs],
         "prompt_used": view.prompt_used,
         "passes": list(view.passes),
+        "reasoning": view.reasoning,
         "error": dataclasses.asdict(view.error) if view.error else None,
         "timings": {
             "inference_ms": view.timings.inference_ms,
@@ -148,6 +149,7 @@ class JobService:
         )
         self.metrics = JobMetrics(self.count_by_status)
         self.is_ready = False  # set by the worker once the model is loaded
+        self.model_version: str | None = None  # set by an in-process worker once loaded
         self._renderers: dict[str, WebhookRenderer] = {}
         self._submit_lock = threading.Lock()  # capacity check + insert are one step
         self._wakeup = threading.Condition()
@@ -436,6 +438,7 @@ class JobService:
         passes: Sequence[str],
         inference_ms: float,
         stages_ms: Mapping[str, float] | None = None,
+        reasoning: Mapping[str, Any] | None = None,
     ) -> JobView:
         now = utcnow()
         expires_at = now + self.settings.output_ttl
@@ -462,6 +465,7 @@ class JobService:
             record.passes_json = json.dumps(list(passes))
             record.inference_ms = round(inference_ms, 1)
             record.timings_json = json.dumps(dict(stages_ms or {}))
+            record.reasoning_json = None if reasoning is None else json.dumps(dict(reasoning))
             record.progress_step = record.progress_total
             record.succeed(now)
             self._on_terminal(record)
@@ -611,6 +615,7 @@ class JobService:
             ),
             attempt=record.attempt,
             webhook_url=record.webhook_url,
+            reasoning=json.loads(record.reasoning_json) if record.reasoning_json else None,
         )
 
 

@@ -17,6 +17,7 @@ class JobStore:
         self.url = url
         self.engine = _create_engine(url)
         Base.metadata.create_all(self.engine)
+        _add_missing_nullable_columns(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager
@@ -43,3 +44,22 @@ def _create_engine(url: str) -> Engine:
         cursor.close()
 
     return engine
+
+
+# Nullable columns added after the first release: create_all makes new tables only, so an older
+# database gets them here (a nullable column needs no backfill).
+_LATER_COLUMNS = {"jobs": {"reasoning_json": "TEXT"}}
+
+
+def _add_missing_nullable_columns(engine: Engine) -> None:
+    from sqlalchemy import inspect, text
+
+    inspector = inspect(engine)
+    for table, columns in _LATER_COLUMNS.items():
+        if not inspector.has_table(table):
+            continue
+        present = {column["name"] for column in inspector.get_columns(table)}
+        with engine.begin() as connection:
+            for name, sql_type in columns.items():
+                if name not in present:
+                    connection.execute(text(f"ALTER TABLE {table} ADD COLUMN {name} {sql_type}"))

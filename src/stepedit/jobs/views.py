@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from stepedit.jobs.state import JobStatus
 from stepedit.request import EditRequest
@@ -63,6 +64,7 @@ class JobView:
     timings: TimingsView
     attempt: int
     webhook_url: str | None
+    reasoning: dict[str, Any] | None = None  # see EditorResult.reasoning
 
     @property
     def is_terminal(self) -> bool:

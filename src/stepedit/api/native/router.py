@@ -14,7 +14,15 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
 from stepedit.api.deps import AppSettings, Jobs, Owner
-from stepedit.api.native.schemas import JobCreate, JobCreateJSON, JobList, JobOut
+from stepedit.api.errors import check_job_succeeded
+from stepedit.api.native.schemas import (
+    JobCreate,
+    JobCreateJSON,
+    JobList,
+    JobOut,
+    PromptEnhanceIn,
+    PromptEnhanceOut,
+)
 from stepedit.errors import InvalidInput, UnsupportedMediaType
 from stepedit.inputs import (
     decode_image,
@@ -23,11 +31,16 @@ from stepedit.inputs import (
     rules_from_settings,
 )
 from stepedit.jobs.service import to_native_dict
+from stepedit.request import EditRequest
 from stepedit.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+jobs_router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+prompt_router = APIRouter(prefix="/v1/prompt", tags=["prompt"])
+
+_TEXT_FIELDS = ("prompt", "negative_prompt")
+ENHANCE_WAIT_S = 300.0
 
 _CREATE_BODY: dict[str, Any] = {
     "requestBody": {
@@ -49,7 +62,7 @@ _CREATE_BODY: dict[str, Any] = {
 }
 
 
-@router.post(
+@jobs_router.post(
     "",
     status_code=202,
     response_model=JobOut,
@@ -75,7 +88,7 @@ async def create_job(
     return to_native_dict(view)
 
 
-@router.get("", response_model=JobList, summary="The caller's jobs, newest first")
+@jobs_router.get("", response_model=JobList, summary="The caller's jobs, newest first")
 async def list_jobs(
     jobs: Jobs, owner: Owner, limit: Annotated[int, Query(ge=1, le=100)] = 20
 ) -> dict[str, Any]:
@@ -83,17 +96,19 @@ async def list_jobs(
     return {"object": "list", "data": [to_native_dict(v) for v in views]}
 
 
-@router.get("/{job_id}", response_model=JobOut, summary="One job")
+@jobs_router.get("/{job_id}", response_model=JobOut, summary="One job")
 async def get_job(job_id: str, jobs: Jobs, owner: Owner) -> dict[str, Any]:
     return to_native_dict(await jobs.get(job_id, owner))
 
 
-@router.post("/{job_id}/cancel", response_model=JobOut, summary="Cancel a queued or running job")
+@jobs_router.post(
+    "/{job_id}/cancel", response_model=JobOut, summary="Cancel a queued or running job"
+)
 async def cancel_job(job_id: str, jobs: Jobs, owner: Owner) -> dict[str, Any]:
     return to_native_dict(await jobs.cancel(job_id, owner))
 
 
-@router.get(
+@jobs_router.get(
     "/{job_id}/events",
     summary="Server-sent events: the JobView on every change, until a terminal state",
     response_class=StreamingResponse,
@@ -113,6 +128,41 @@ async def job_events(job_id: str, jobs: Jobs, owner: Owner) -> StreamingResponse
     )
 
 
+@prompt_router.post(
+    "/enhance",
+    response_model=PromptEnhanceOut,
+    summary="The Prompt Enhancer alone: a vague instruction rewritten, no edit",
+)
+async def enhance_prompt(
+    body: PromptEnhanceIn, settings: AppSettings, jobs: Jobs, owner: Owner
+) -> PromptEnhanceOut:
+    """Runs through the job queue (the MLLM lives with the worker, in this process or not)."""
+    if body.image:
+        rules = rules_from_settings(settings)
+        decoded = await load_image_source(body.image, rules, fetch_policy_from_settings(settings))
+        image = await asyncio.to_thread(decoded.to_png_bytes)
+    else:
+        image = _placeholder_png()
+    request = EditRequest(
+        prompt=body.prompt, enhance_only=True, enhance_image=body.image is not None
+    )
+    view = await jobs.submit(request, image, owner=owner, flavour="native")
+    view = await jobs.wait(view.id, owner, ENHANCE_WAIT_S)
+    check_job_succeeded(view, ENHANCE_WAIT_S)
+    return PromptEnhanceOut(prompt=body.prompt, enhanced_prompt=view.prompt_used or body.prompt)
+
+
+def _placeholder_png() -> bytes:
+    """A stored image for an enhance job sent without one (never shown to the MLLM)."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 async def _read_submission(request: Request, settings: Settings) -> tuple[JobCreate, bytes]:
     content_type = request.headers.get("content-type", "")
     rules = rules_from_settings(settings)
@@ -120,7 +170,13 @@ async def _read_submission(request: Request, settings: Settings) -> tuple[JobCre
         "application/x-www-form-urlencoded"
     ):
         form = await request.form(max_part_size=settings.max_upload_bytes + 1024)
-        raw = {k: v for k, v in form.items() if k != "image" and isinstance(v, str)}
+        # Form fields arrive as text; a blank one ("seed": "" from an empty input) means unset,
+        # except for the two free-text fields, whose own validation applies.
+        raw = {
+            k: v
+            for k, v in form.items()
+            if k != "image" and isinstance(v, str) and (v.strip() or k in _TEXT_FIELDS)
+        }
         fields = _validate(JobCreate, raw)
         upload = form.get("image")
         if isinstance(upload, UploadFile):
@@ -156,3 +212,8 @@ def _validate(model: type[JobCreate], raw: dict[str, Any]) -> JobCreate:
         first = exc.errors()[0]
         param = ".".join(str(part) for part in first["loc"]) or None
         raise InvalidInput(f"{param}: {first['msg']}", param=param) from None
+
+
+router = APIRouter()
+router.include_router(jobs_router)
+router.include_router(prompt_router)

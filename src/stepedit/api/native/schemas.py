@@ -90,6 +90,10 @@ class JobOut(BaseModel):
     outputs: list[OutputOut]
     prompt_used: str | None
     passes: list[str]
+    reasoning: dict[str, Any] | None = Field(
+        default=None,
+        description="v1.2 reasoning: original_prompt, prompt, best_round, rounds with verdicts",
+    )
     error: ErrorOut | None
     timings: dict[str, float | None]
 
@@ -97,3 +101,17 @@ class JobOut(BaseModel):
 class JobList(BaseModel):
     object: Literal["list"] = "list"
     data: list[JobOut]
+
+
+class PromptEnhanceIn(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
+    image: str | None = Field(
+        default=None, description="optional: data URI, raw base64 or a public http(s) URL"
+    )
+
+
+class PromptEnhanceOut(BaseModel):
+    prompt: str = Field(description="The instruction as sent.")
+    enhanced_prompt: str = Field(description="The MLLM's specific rewrite of it.")

@@ -108,6 +108,8 @@ def to_response(
         reflection=PassReport(
             requested=view.request.enable_reflection, ran=has_pass(view.passes, "reflection")
         ),
+        rounds=list((view.reasoning or {}).get("rounds", [])),
+        best_round=(view.reasoning or {}).get("best_round"),
         timings=timings,
         usage={"tokens": tokens},
     )

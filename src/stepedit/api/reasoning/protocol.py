@@ -7,7 +7,7 @@ response below is stepedit's, designed to say plainly which passes ran.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -87,5 +87,11 @@ class ReasoningEditResponse(BaseModel):
     passes: list[str] = Field(description='Every pass that ran, in order, e.g. ["edit"].')
     thinking: PassReport
     reflection: PassReport
+    rounds: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Each reflection round: instruction, seed, verdict (success | retry | failed"
+        " | malformed), thought, next_instruction, raw answer, score.",
+    )
+    best_round: int | None = Field(default=None, description="1-based round returned.")
     timings: dict[str, float | None]
     usage: dict[str, int]
