@@ -169,7 +169,7 @@ class StepCachedDiT(nn.Module):
     def forward(self, img: Tensor, img_ids: Tensor, *args: Any, **kwargs: Any) -> Tensor:
         timesteps = kwargs.get("timesteps", args[1] if len(args) > 1 else None)
         if not isinstance(timesteps, Tensor):
-            raise TypeError("StepCachedDiT needs the timesteps tensor (3rd argument)")
+            raise TypeError("StepCachedDiT needs the timesteps tensor (4th argument or keyword)")
         self._select_branch(float(timesteps.flatten()[0]), (tuple(img.shape),))
         with self._gated_blocks():
             out: Tensor = self.dit(img, img_ids, *args, **kwargs)
