@@ -180,7 +180,56 @@ def test_health_follows_the_model(settings: Settings, job_service: JobService) -
         assert client.get("/health").status_code == 503
         job_service.set_ready(True)
         response = client.get("/health")
-    assert (response.status_code, response.json()) == (200, {"status": "ok"})
+    assert (response.status_code, response.json()) == (200, {"status": "ok", "model_version": None})
+
+
+def test_health_names_the_model_version(tmp_path: Path) -> None:
+    settings = Settings(model="dummy:tiny-v1.2", data_dir=tmp_path / "data")
+    service = JobService(settings)
+    try:
+        with TestClient(create_app(settings, service)) as client:
+            assert client.get("/health").json()["model_version"] == "v1.2"
+            service.model_version = "v1.1"  # what a loaded in-process worker reports
+            assert client.get("/health").json()["model_version"] == "v1.1"
+    finally:
+        service.close()
+
+
+def test_multipart_numeric_fields_are_coerced(client: TestClient) -> None:
+    job = submit(
+        client,
+        size_level="1024",
+        num_images="2",
+        guidance_scale="4.5",
+        seed="",  # an empty form input means "random"
+        enable_thinking="false",
+    )
+    request = job["request"]
+    assert (request["size_level"], request["num_images"], request["guidance_scale"]) == (
+        1024,
+        2,
+        4.5,
+    )
+    assert request["seed"] is None and request["enable_thinking"] is False
+    response = client.post(
+        "/v1/jobs", files={"image": ("a.png", make_png(), "image/png")}, data={"prompt": "x",
+        "size_level": "1000"},
+    )  # fmt: skip
+    assert response.status_code == 400 and response.json()["error"]["param"] == "size_level"
+
+
+def test_prompt_enhance_runs_through_the_queue(client: TestClient) -> None:
+    response = client.post("/v1/prompt/enhance", json={"prompt": "make it nicer"})
+    assert response.status_code == 200, response.text
+    payload = response.json()
+    assert payload["prompt"] == "make it nicer" and isinstance(payload["enhanced_prompt"], str)
+    (job,) = [j for j in client.get("/v1/jobs").json()["data"] if j["request"]["enhance_only"]]
+    assert job["request"]["enhance_image"] is False
+    image = "data:image/png;base64," + base64.b64encode(make_png()).decode()
+    response = client.post("/v1/prompt/enhance", json={"prompt": "hat", "image": image})
+    assert response.status_code == 200, response.text
+    bad = client.post("/v1/prompt/enhance", json={"prompt": ""})
+    assert bad.status_code == 400 or bad.status_code == 422
 
 
 def test_metrics(client: TestClient) -> None:

@@ -189,3 +189,26 @@ def test_queue_full_is_429_with_retry_after(settings: Settings, client: TestClie
     response = client.post(URL, json=body())
     assert_error(response, 429)
     assert int(response.headers["retry-after"]) > 0
+
+
+@pytest.mark.slow
+def test_reasoning_passes_on_the_tiny_v12_model(live_server) -> None:  # type: ignore[no-untyped-def]
+    """The real server with the tiny random v1.2 model: the seed-004 endpoint reports which
+    passes ran and each round's verdict; /v1/prompt/enhance answers with a string."""
+    server = live_server(model="dummy:tiny-v1.2", ready_timeout_s=180)
+    with httpx.Client(base_url=server.base_url, timeout=300) as http:
+        assert http.get("/health").json()["model_version"] == "v1.2"
+        response = http.post(URL, json=body(steps=1, seed=3))
+        assert response.status_code == 200, response.text
+        payload = response.json()
+        assert payload["passes"][:3] == ["thinking", "diffusion_1", "reflection_1"]
+        assert payload["thinking"]["ran"] and payload["reflection"]["ran"]
+        assert payload["rounds"] and payload["rounds"][0]["verdict"] in (
+            "success", "retry", "failed", "malformed",
+        )  # fmt: skip
+        assert isinstance(payload["prompt_used"], str) and payload["best_round"] >= 1
+        job = http.get(f"/v1/jobs/{payload['id']}").json()
+        assert job["reasoning"]["rounds"] == payload["rounds"]
+        enhanced = http.post("/v1/prompt/enhance", json={"prompt": "make it pop"})
+        assert enhanced.status_code == 200, enhanced.text
+        assert isinstance(enhanced.json()["enhanced_prompt"], str)
