@@ -18,6 +18,7 @@ import builtins
 import dataclasses
 import json
 import logging
+import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -70,8 +71,7 @@ class SharedJobService(JobService):
         role: Role,
         dispatcher: Dispatcher | None = None,
     ) -> None:
-        store = JobStore(settings.resolved_database_url)
-        create_tables(store.engine)
+        store = _open_store(settings.resolved_database_url)
         super().__init__(settings, store=store, storage=storage_from_settings(settings))
         self.settings: DistributedSettings = settings
         self.role = role
@@ -442,6 +442,22 @@ class _GuardedSession:
             if not _is_outage(exc):
                 raise
             raise ServiceUnavailable("the job database is unavailable; retry shortly") from exc
+
+
+def _open_store(url: str, tries: int = 5) -> JobStore:
+    """The job store with this mode's tables. Processes of a new fleet start together, and
+    concurrent CREATE TABLEs on one PostgreSQL database can fail: the loser tries again."""
+    for attempt in range(1, tries + 1):
+        try:
+            store = JobStore(url)
+            create_tables(store.engine)
+            return store
+        except DBAPIError:
+            if attempt == tries:
+                raise
+            logger.warning("creating the job tables raced another process; retrying")
+            time.sleep(0.5 * attempt)
+    raise AssertionError("unreachable")
 
 
 def _rowcount(result: Any) -> int:
