@@ -52,7 +52,7 @@ def run_job(
             prompt_used=result.prompt,
             passes=result.passes,
             inference_ms=result.inference_s * 1000,
-            stages_ms=result.stages_s,
+            stages_s=result.stages_s,
             reasoning=result.reasoning,
         )
     except JobCanceled:

@@ -437,7 +437,7 @@ class JobService:
         prompt_used: str | None,
         passes: Sequence[str],
         inference_ms: float,
-        stages_ms: Mapping[str, float] | None = None,
+        stages_s: Mapping[str, float] | None = None,
         reasoning: Mapping[str, Any] | None = None,
     ) -> JobView:
         now = utcnow()
@@ -464,7 +464,7 @@ class JobService:
             record.prompt_used = prompt_used
             record.passes_json = json.dumps(list(passes))
             record.inference_ms = round(inference_ms, 1)
-            record.timings_json = json.dumps(dict(stages_ms or {}))
+            record.timings_json = json.dumps(dict(stages_s or {}))  # seconds; views show ms
             record.reasoning_json = None if reasoning is None else json.dumps(dict(reasoning))
             record.progress_step = record.progress_total
             record.succeed(now)
