@@ -35,6 +35,8 @@ from PIL import Image
 from torch import Tensor
 from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
 
+from stepedit.errors import InvalidInput
+
 # EDIT_PREFIX in pipeline_step1x_edit_v1p2.py (reference above); "\u0020" is its trailing space.
 V12_EDIT_PREFIX = (
     "Given a reference image and a user editing instruction.\n"
@@ -329,6 +331,14 @@ class QwenEditEncoderV12:
         input_ids, quoted, pixel_values, grid = self.tokenize(self.render(prompt), image)
         input_ids, grid = input_ids.to(self.device), grid.to(self.device)
         attention_mask = (input_ids > 0).long()
+        if input_ids.shape[1] - V12_PREFIX_TOKENS > self.max_length:
+            # The instruction precedes the image: a window cut inside the image tokens would
+            # condition on half a picture. Refuse instead of failing deep in the position ids.
+            raise InvalidInput(
+                f"the instruction is too long for v1.2: {input_ids.shape[1] - V12_PREFIX_TOKENS} "
+                f"tokens with the image, at most {self.max_length}",
+                param="prompt",
+            )
 
         # 1. Input embeddings with the image features in place of the pads.
         model: Any = self.model

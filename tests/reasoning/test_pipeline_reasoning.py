@@ -94,6 +94,15 @@ def test_v12_encoder_cuts_the_prefix(pipe: EditPipeline, source: Image.Image) ->
     assert vision == int(grid[0, 1] * grid[0, 2]) // 4
 
 
+def test_v12_instruction_too_long_for_the_token_window_is_refused(
+    pipe: EditPipeline, source: Image.Image
+) -> None:
+    words = " ".join(f"w{i}" for i in range(3000))
+    with pytest.raises(InvalidInput) as info:
+        pipe.encoder.encode_one(words, source)
+    assert info.value.param == "prompt"
+
+
 def test_guidance_at_most_one_runs_a_single_forward(
     pipe: EditPipeline, source: Image.Image
 ) -> None:
