@@ -27,6 +27,10 @@ class Settings(BaseSettings):
     device: str | None = None  # None: cuda when present, else cpu
     dtype: str | None = None  # None: the pipeline's default for the device
     offload: bool = False
+    # Speed switches (stepedit.acceleration): a preset name with optional +/- switches, e.g.
+    # "exact", "fast", "24gb", "plain", "exact-compile"; "auto": exact on CUDA, and on the CPU
+    # the pipeline as loaded.
+    optimize: str = "auto"
 
     # Storage.
     data_dir: Path = Path("data")

@@ -46,3 +46,19 @@ def test_tiny_model_job_end_to_end(tmp_path: Path) -> None:
     assert output.seed == 5 and (output.width, output.height) == (96, 64)
     assert done.timings.inference_ms is not None and done.timings.inference_ms > 0
     assert done.prompt_used
+
+
+def test_optimize_setting_switches_the_loaded_pipeline(tmp_path: Path) -> None:
+    from stepedit.engine.pipeline_editor import PipelineEditor
+
+    def load(optimize: str) -> PipelineEditor:
+        settings = Settings(
+            model="dummy:tiny-v1.1", device="cpu", data_dir=tmp_path, optimize=optimize
+        )
+        return PipelineEditor.from_settings(settings)
+
+    assert load("auto").pipeline.batch_cfg is True  # CPU: as loaded (batched, as the reference)
+    assert load("plain").pipeline.batch_cfg is False  # two forwards
+    assert load("plain+batch_cfg").pipeline.batch_cfg is True
+    with pytest.raises(ValueError, match="unknown switch"):
+        load("plain+warp_drive")

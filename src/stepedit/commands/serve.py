@@ -32,6 +32,11 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda when present)")
     parser.add_argument("--dtype", help="bf16, fp16 or fp32 (default: the pipeline's choice)")
     parser.add_argument("--offload", action="store_true", default=None, help="CPU offload")
+    parser.add_argument(
+        "--optimize",
+        help='speed switches: "auto" (default: exact on CUDA, as loaded on CPU), "plain", "exact", '
+        '"fast", "24gb", or a preset with +/- switches (docs/performance.md)',
+    )
     parser.add_argument("--max-queue", type=int, help="queued jobs before 'busy' (default 32)")
     parser.add_argument(
         "--api-key", action="append", dest="api_keys", help="accepted Bearer key (repeatable)"
@@ -56,6 +61,7 @@ def settings_from_args(args: argparse.Namespace) -> Any:
         "device",
         "dtype",
         "offload",
+        "optimize",
         "max_queue",
         "api_keys",
         "safety_checker",

@@ -5,6 +5,7 @@ The only engine module that imports torch; the API never imports it (load it laz
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -15,6 +16,8 @@ from stepedit.engine.editor import EditorResult, ProgressCallback
 from stepedit.pipeline import EditOutput, EditPipeline, PipelineProgress
 from stepedit.request import EditRequest
 from stepedit.settings import Settings
+
+logger = logging.getLogger(__name__)
 
 _DTYPES = {
     "bf16": torch.bfloat16,
@@ -45,6 +48,7 @@ class PipelineEditor:
             offload=settings.offload,
             version=settings.model_version,
         )
+        apply_speed_switches(pipeline, settings.optimize, device)
         return cls(pipeline, device)
 
     def edit(
@@ -115,3 +119,20 @@ def reasoning_record(output: EditOutput) -> dict[str, Any] | None:
         "best_round": None if output.best_round is None else output.best_round + 1,
         "rounds": [r.to_dict() for r in output.rounds],
     }
+
+
+def apply_speed_switches(pipeline: EditPipeline, optimize: str, device: torch.device) -> None:
+    """Apply the `optimize` mode (see stepedit.acceleration) to a freshly loaded pipeline.
+
+    "auto" is the exact preset on CUDA and leaves a CPU pipeline as loaded.
+    """
+    from stepedit.acceleration import apply_optimizations
+    from stepedit.acceleration.config import parse_mode
+
+    mode = optimize
+    if mode == "auto":
+        if device.type != "cuda":
+            return  # the pipeline as loaded: the reference's batched CFG, eager blocks
+        mode = "exact"
+    applied = apply_optimizations(pipeline, parse_mode(mode))
+    logger.info("speed switches (%s): %s", mode, applied.summary())
