@@ -388,6 +388,12 @@ class EditPipeline:
             return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
+    def _clock(self) -> float:
+        """Wall time after the device has finished queued work, so stage timings are real."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
     def _generator(self, seed: int) -> torch.Generator:
         return torch.Generator(device=self.device).manual_seed(seed)
 
@@ -512,7 +518,7 @@ class EditPipeline:
         report(0, num_inference_steps, "encode")
 
         # 2. Conditioning: Qwen2.5-VL reads both prompts with the working-size image.
-        tic = time.perf_counter()
+        tic = self._clock()
         cfg_scale: float | None = guidance_scale
         text_embeddings: Tensor | None = None
         text_mask: Tensor | None = None
@@ -532,12 +538,12 @@ class EditPipeline:
             )
             mask = torch.repeat_interleave(emb_mask, num_images, dim=0).to(self.device)
             txt_ids = None
-        timings["encode"] = time.perf_counter() - tic
+        timings["encode"] = self._clock() - tic
 
         # 3. Reference latents (also the img2img start for strength < 1).
-        tic = time.perf_counter()
+        tic = self._clock()
         ref_latents = self.encode_reference(pixels, seeds)  # [N, 16, h, w]
-        timings["vae_encode"] = time.perf_counter() - tic
+        timings["vae_encode"] = self._clock() - tic
 
         # 4. Initial noise.
         if latents is None:
@@ -556,7 +562,7 @@ class EditPipeline:
             x, timesteps = sampling.noise_for_strength(noise, ref_latents, timesteps, strength)
 
         # 6. Denoise with true CFG: text rows are [positive x N | negative x N].
-        tic = time.perf_counter()
+        tic = self._clock()
         img = sampling.pack(x)  # [N, L, 64]
         ref_img = sampling.pack(ref_latents.to(x.dtype))
         img_ids, _ = sampling.prepare_ids(
@@ -593,13 +599,13 @@ class EditPipeline:
                 batch_cfg=self.batch_cfg and not is_v12,
                 callback=lambda step, steps: report(step, steps, "denoise"),
             )
-        timings["denoise"] = time.perf_counter() - tic
+        timings["denoise"] = self._clock() - tic
 
         # 7. Decode in float32.
         report(total, total, "decode")
-        tic = time.perf_counter()
+        tic = self._clock()
         decoded = self.decode(img, height, width)
-        timings["decode"] = time.perf_counter() - tic
+        timings["decode"] = self._clock() - tic
         return _Edit(decoded, image.size, width, height, timings)
 
     # ------------------------------------------------------------------ the edit
