@@ -14,6 +14,7 @@ answered with a generic 500.
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 from collections.abc import Mapping, Sequence
@@ -264,6 +265,40 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _handle)
     app.add_exception_handler(StarletteHTTPException, _handle)
     app.add_exception_handler(Exception, _handle)
+    install_openapi_error_statuses(app)
+
+
+def install_openapi_error_statuses(app: FastAPI) -> None:
+    """Make the OpenAPI document say what validation errors really answer: FastAPI documents
+    its own 422 with a `{"detail": [...]}` body on every route with parameters, but the
+    provider flavours answer 400 and the native API 422, each in its own error shape."""
+    build_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = correct_validation_statuses(build_openapi())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def correct_validation_statuses(document: dict[str, Any]) -> dict[str, Any]:
+    """`document` with each operation's automatic 422 replaced by the status and body its
+    flavour really answers a validation error with."""
+    for path, operations in document.get("paths", {}).items():
+        flavour = flavour_for_path(path)
+        for operation in operations.values():
+            responses = operation.get("responses") if isinstance(operation, dict) else None
+            if not isinstance(responses, dict) or "422" not in responses:
+                continue
+            del responses["422"]
+            status = "422" if flavour == "native" else "400"
+            responses.setdefault(status, error_responses(flavour, int(status))[int(status)])
+    schemas = document.get("components", {}).get("schemas", {})
+    if "#/components/schemas/HTTPValidationError" not in json.dumps(document.get("paths", {})):
+        schemas.pop("HTTPValidationError", None)
+        schemas.pop("ValidationError", None)
+    return document
 
 
 def error_responses(flavour: Flavour, *statuses: int) -> dict[int | str, dict[str, Any]]:
@@ -273,13 +308,55 @@ def error_responses(flavour: Flavour, *statuses: int) -> dict[int | str, dict[st
         flavour,
         request_id="req_...",
     )
+    schema = _ERROR_SCHEMAS["openai" if flavour in _OPENAI_STYLE else flavour]
     return {
         status: {
             "description": _DESCRIPTIONS.get(status, "Error"),
-            "content": {"application/json": {"example": example}},
+            "content": {"application/json": {"schema": schema, "example": example}},
         }
         for status in statuses
     }
+
+
+_NULLABLE_STRING: dict[str, Any] = {"type": ["string", "null"]}
+_ERROR_SCHEMAS: dict[str, dict[str, Any]] = {
+    "wavespeed": {
+        "type": "object",
+        "required": ["code", "message"],
+        "properties": {"code": {"type": "integer"}, "message": {"type": "string"}},
+    },
+    "openai": {
+        "type": "object",
+        "required": ["error"],
+        "properties": {
+            "error": {
+                "type": "object",
+                "required": ["message", "type", "param", "code"],
+                "properties": {
+                    "message": {"type": "string"},
+                    "type": {"type": "string"},
+                    "param": _NULLABLE_STRING,
+                    "code": _NULLABLE_STRING,
+                },
+            }
+        },
+    },
+}
+_ERROR_SCHEMAS["reasoning"] = _ERROR_SCHEMAS["native"] = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["code", "message", "param"],
+            "properties": {
+                "code": {"type": "string"},
+                "message": {"type": "string"},
+                "param": _NULLABLE_STRING,
+            },
+        }
+    },
+}
 
 
 _DESCRIPTIONS = {
@@ -287,6 +364,7 @@ _DESCRIPTIONS = {
     401: "Missing or invalid API key",
     404: "Not found",
     413: "Image too large",
+    422: "Invalid request (the native API's validation errors)",
     415: "Unsupported image format",
     429: "Queue full or quota exceeded (see Retry-After)",
     503: "Service unavailable (see Retry-After)",

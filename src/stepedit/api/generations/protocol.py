@@ -20,7 +20,9 @@ class GenerationRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     prompt: str = Field(description="Prompt word")
-    model: str = Field(description=f"The model name, here {MODEL_ID}.")
+    model: str = Field(
+        description=f"The model name, here {MODEL_ID}.", json_schema_extra={"enum": [MODEL_ID]}
+    )
     image: str = Field(description="Base64 data (data URI or raw) or an http(s) image link.")
     n: int = Field(1, ge=1, le=MAX_IMAGES_PER_REQUEST, description="Number of images, 1-4.")
     strength: float = Field(

@@ -21,7 +21,9 @@ class ImageEditForm(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    model: str = Field(description=f"Model name (currently {MODEL_ID}).")
+    model: str = Field(
+        description=f"Model name (currently {MODEL_ID}).", json_schema_extra={"enum": [MODEL_ID]}
+    )
     prompt: str = Field(max_length=MAX_PROMPT_CHARS, description="Text description.")
     seed: int | None = Field(
         None, ge=0, le=MAX_SEED, description="Random seed (0 or omitted uses a random seed)."

@@ -31,7 +31,9 @@ class ReasoningEditRequest(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    model: str = Field(MODEL_ID, description=f"The model: {MODEL_ID}.")
+    model: str = Field(
+        MODEL_ID, description=f"The model: {MODEL_ID}.", json_schema_extra={"enum": [MODEL_ID]}
+    )
     prompt: str = Field(description="The edit instruction.")
     image: str | None = Field(
         default=None,
