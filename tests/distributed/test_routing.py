@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from stepedit.distributed.celery_app import make_celery, queue_for, version_of
 from stepedit.distributed.config import DistributedSettings
-from stepedit.distributed.dispatch import priority_for
+from stepedit.distributed.dispatch import priority_for, version_for
+from stepedit.request import EditRequest
 
 
 def test_requests_route_to_their_model_versions_queue() -> None:
@@ -13,6 +14,14 @@ def test_requests_route_to_their_model_versions_queue() -> None:
     assert queue_for(version_of(None, "v1.1")) == "stepedit.v1.1"
     assert queue_for(version_of("step1x-edit", "v1.1")) == "stepedit.v1.1"
     assert version_of("dummy:tiny-v1.0", "v1.1") == "v1.0"
+
+
+def test_reasoning_requests_go_to_v12_unless_they_name_a_version() -> None:
+    assert version_for(EditRequest(prompt="p", enable_thinking=True), "v1.1") == "v1.2"
+    assert (
+        version_for(EditRequest(prompt="p", model="v1.1", enable_reflection=True), "v1.1") == "v1.1"
+    )
+    assert version_for(EditRequest(prompt="p"), "v1.1") == "v1.1"
 
 
 def test_waiting_clients_go_before_asynchronous_jobs() -> None:

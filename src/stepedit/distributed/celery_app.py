@@ -30,10 +30,14 @@ def queue_for(version: str) -> str:
     return f"{QUEUE_PREFIX}{version}"
 
 
-def version_of(model: str | None, default: ModelVersion) -> str:
+def named_version(model: str | None) -> str | None:
     """The model version a request (or a model source) names, e.g. "step1x-edit-v1.2"."""
     found = _VERSION.search(model or "")
-    return found.group(0) if found else default
+    return found.group(0) if found else None
+
+
+def version_of(model: str | None, default: ModelVersion) -> str:
+    return named_version(model) or default
 
 
 def make_celery(settings: DistributedSettings) -> Celery:

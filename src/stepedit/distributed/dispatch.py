@@ -22,10 +22,10 @@ from stepedit.distributed.celery_app import (
     QUEUE_PREFIX,
     TASK_NAME,
     make_celery,
+    named_version,
     queue_for,
-    version_of,
 )
-from stepedit.distributed.config import DistributedSettings
+from stepedit.distributed.config import DistributedSettings, ModelVersion
 from stepedit.errors import ServiceUnavailable
 from stepedit.request import EditRequest
 
@@ -51,6 +51,16 @@ def priority_for(flavour: str) -> int:
     return HIGHEST_PRIORITY if flavour in INTERACTIVE_FLAVOURS else DEFAULT_PRIORITY
 
 
+def version_for(request: EditRequest, default: ModelVersion) -> str:
+    """The version a request names; else v1.2 for the reasoning passes only it has; else default."""
+    named = named_version(request.model)
+    if named:
+        return named
+    if request.enable_thinking or request.enable_reflection:
+        return "v1.2"
+    return default
+
+
 class CeleryDispatcher:
     def __init__(self, settings: DistributedSettings, app: Celery | None = None) -> None:
         assert settings.queue_url is not None
@@ -63,7 +73,7 @@ class CeleryDispatcher:
         )
 
     def queue_for_request(self, request: EditRequest) -> str:
-        return queue_for(version_of(request.model, self.settings.default_model_version))
+        return queue_for(version_for(request, self.settings.default_model_version))
 
     def check_available(self) -> None:
         try:
