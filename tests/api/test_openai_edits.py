@@ -206,8 +206,12 @@ def test_seed_example_against_a_real_server(live_server, tmp_path: Path) -> None
             response_format="b64_json",
             extra_body={"cfg_scale": 10.0, "steps": 20, "seed": 1},
         )
-    image_bytes = base64.b64decode(result.data[0].b64_json or "")
-    edited = Image.open(io.BytesIO(image_bytes))
+    print(result)
+    image_base64 = result.data[0].b64_json or ""
+    image_bytes = base64.b64decode(image_base64)
+    with open(tmp_path / "cat-on-rooftop.png", "wb") as f:
+        f.write(image_bytes)
+    edited = Image.open(tmp_path / "cat-on-rooftop.png")
     # Not 1:1, so the aspect ratio is kept with an area of about 512*512 (multiples of 16).
     assert edited.width * edited.height == pytest.approx(512 * 512, rel=0.1)
     assert edited.width / edited.height == pytest.approx(96 / 64, rel=0.05)
