@@ -23,7 +23,15 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--host", help="bind address (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port (default 8000)")
     parser.add_argument("--data-dir", type=Path, help="jobs database and images (default ./data)")
-    parser.add_argument("--database-url", help="SQLAlchemy URL (default: SQLite in --data-dir)")
+    parser.add_argument(
+        "--database-url", "--db", help="SQLAlchemy URL (default: SQLite in --data-dir)"
+    )
+    parser.add_argument(
+        "--queue",
+        dest="queue_url",
+        help="broker URL (redis://...): run as an API node of a worker fleet, without a model "
+        "or an in-process worker (docs/deployment.md)",
+    )
     parser.add_argument(
         "--public-base-url",
         help="origin used in output URLs (default http://HOST:PORT; set it when clients reach "
@@ -77,6 +85,10 @@ def run(args: argparse.Namespace) -> int:
     from stepedit.engine import InProcessWorker, load_editor, load_safety_checker
     from stepedit.jobs.service import JobService
 
+    if getattr(args, "queue_url", None):
+        from stepedit.distributed.api_node import run_from_args
+
+        return run_from_args(args)
     settings = settings_from_args(args)
     if not settings.model:
         logger.error("no model: pass --model (a checkpoint directory or dummy:tiny-v1.1)")
