@@ -30,6 +30,12 @@ class JobCreate(BaseModel):
     enhance_prompt: bool = False
     output_format: Literal["png", "jpeg", "webp"] = "png"
     webhook_url: str | None = Field(default=None, max_length=2048)
+    model: str | None = Field(
+        default=None,
+        max_length=64,
+        description="model version to run, e.g. v1.2 (default: the server's); routes the job "
+        "to that version's workers when several serve one fleet",
+    )
 
     @field_validator("size_level", mode="before")
     @classmethod
@@ -54,6 +60,7 @@ class JobCreate(BaseModel):
             enable_reflection=self.enable_reflection,
             enhance_prompt=self.enhance_prompt,
             output_format=self.output_format,
+            model=self.model,
         )
 
 
