@@ -289,11 +289,7 @@ class Cluster:
         full_env = {**os.environ, **FAST_TIMINGS, **(env or {})}
         with log_path.open("wb") as log:
             process = subprocess.Popen(
-                (
-                    [sys.executable, "/tmp/apinode.py", *args]
-                    if args[0] == "serve"
-                    else [sys.executable, "-m", "stepedit.cli", *args]
-                ),
+                [sys.executable, "-m", "stepedit.cli", *args],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=full_env,
