@@ -19,6 +19,7 @@ _SETTING_NAMES = (
     "device",
     "dtype",
     "offload",
+    "optimize",
     "data_dir",
     "public_base_url",
     "safety_checker",
@@ -46,6 +47,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda when present)")
     parser.add_argument("--dtype", help="bf16, fp16 or fp32 (default: the pipeline's choice)")
     parser.add_argument("--offload", action="store_true", default=None, help="CPU offload")
+    parser.add_argument(
+        "--optimize", help='speed switches, as for serve: "auto", "exact", "fast", "24gb", ...'
+    )
     parser.add_argument("--threads", type=int, help="CPU threads for torch (CPU workers)")
     parser.add_argument("--data-dir", type=Path, help="shared storage directory (or S3 cache)")
     parser.add_argument("--storage-url", help="s3://bucket/prefix for S3-compatible storage")
