@@ -10,6 +10,7 @@ a burst through the native API and times it from the first submission to the las
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -95,7 +96,12 @@ def main() -> int:
                         results[count] = measure(cluster, count, args.jobs, args.steps)
                     finally:
                         cluster.stop()
-                    print(f"{count} worker(s): {results[count]:.1f} edits/min", flush=True)
+                    load = os.getloadavg()[0]  # other work on the machine skews the figures
+                    print(
+                        f"{count} worker(s): {results[count]:.1f} edits/min "
+                        f"(1-minute load average after the run: {load:.1f})",
+                        flush=True,
+                    )
             finally:
                 redis.stop()
     finally:
