@@ -23,7 +23,7 @@ import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import SplitResult, urljoin, urlsplit
 
 import httpx
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -428,21 +428,30 @@ async def _pinned_request(
                 "which is not allowed.",
                 param=param,
             )
-    address = addresses[0]
-    netloc = f"[{address}]" if address.version == 6 else str(address)
-    if parts.port:
-        netloc += f":{parts.port}"
-    pinned = parts._replace(netloc=netloc).geturl()
+    pinned, host_header, extensions = pin_to_address(parts, addresses[0])
     headers: Mapping[str, str] = {
-        "Host": parts.netloc.rsplit("@", 1)[-1],
+        "Host": host_header,
         "User-Agent": policy.user_agent,
         "Accept": "image/*",
     }
-    extensions = {"sni_hostname": host} if parts.scheme == "https" else {}
     try:
         return client.build_request("GET", pinned, headers=headers, extensions=extensions)
     except (httpx.InvalidURL, ValueError):
         raise ImageFetchError("The image URL is not a valid URL.", param=param) from None
+
+
+def pin_to_address(
+    parts: SplitResult, address: ipaddress.IPv4Address | ipaddress.IPv6Address
+) -> tuple[str, str, dict[str, str]]:
+    """(the URL with its host replaced by the checked `address`, the Host header to send, the
+    httpx extensions that keep TLS verifying the original name), so the name cannot resolve to
+    another address between the check and the connection (DNS rebinding)."""
+    netloc = f"[{address}]" if address.version == 6 else str(address)
+    if parts.port:
+        netloc += f":{parts.port}"
+    host_header = parts.netloc.rsplit("@", 1)[-1]
+    extensions = {"sni_hostname": parts.hostname or ""} if parts.scheme == "https" else {}
+    return parts._replace(netloc=netloc).geturl(), host_header, extensions
 
 
 async def _read_limited(response: httpx.Response, max_bytes: int, param: str) -> bytes:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import ipaddress
 import json
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -165,3 +167,53 @@ def test_unusable_webhook_urls_are_refused_at_submit(tmp_path: Path, url: str) -
             EditRequest(prompt="x"), png(), owner=None, flavour="native", webhook_url=url
         )
     service.close()
+
+
+def test_delivery_connects_to_the_checked_address_and_keeps_the_host_name(
+    receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The name is resolved once: a second resolution (DNS rebinding) is never consulted."""
+    port = receiver.server.server_address[1]
+    resolutions: list[str] = []
+    real_getaddrinfo = socket.getaddrinfo
+
+    def resolve_once(host: str, *args: object, **kwargs: object) -> object:
+        resolutions.append(host)
+        if host == "hooks.example.test":
+            if resolutions.count(host) > 1:
+                raise AssertionError("the webhook host was resolved a second time")
+            return real_getaddrinfo("127.0.0.1", *args, **kwargs)  # type: ignore[arg-type]
+        return real_getaddrinfo(host, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolve_once)
+    sender = WebhookSender("whsec_x", max_attempts=1, allow_private=True)
+    assert sender.deliver(f"http://hooks.example.test:{port}/hook", "job1", b"{}")
+    receiver.wait_for(1)
+    headers, _body = receiver.calls[0]
+    assert headers["host"] == f"hooks.example.test:{port}"
+    assert resolutions.count("hooks.example.test") == 1
+
+
+def test_a_name_rebound_to_a_blocked_address_after_the_check_is_not_reached(
+    receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DNS rebinding: the first answer passes the check, a later one points at the receiver on
+    127.0.0.1. The sender must connect to the checked address, never re-resolve the name."""
+    import stepedit.jobs.webhooks as webhooks
+
+    checked = ipaddress.ip_address("127.0.0.2")  # stands in for a public address
+    monkeypatch.setattr(webhooks, "is_blocked_address", lambda address: address != checked)
+    answers = iter(["127.0.0.2", "127.0.0.1", "127.0.0.1"])
+    real_getaddrinfo = socket.getaddrinfo
+
+    def rebinding(host: str, *args: object, **kwargs: object) -> object:
+        if host == "rebind.example.test":
+            return real_getaddrinfo(next(answers), *args, **kwargs)  # type: ignore[arg-type]
+        return real_getaddrinfo(host, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(socket, "getaddrinfo", rebinding)
+    port = receiver.server.server_address[1]
+    sender = WebhookSender("whsec_x", max_attempts=1)
+    assert not sender.deliver(f"http://rebind.example.test:{port}/hook", "job1", b"{}")
+    time.sleep(0.2)
+    assert receiver.calls == []

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from stepedit.errors import InvalidInput
-from stepedit.inputs import is_blocked_address
+from stepedit.inputs import is_blocked_address, pin_to_address
 
 logger = logging.getLogger(__name__)
 
@@ -44,15 +44,20 @@ def check_webhook_url(url: str) -> None:
         raise InvalidInput("webhook: an http(s) URL is required", param="webhook")
 
 
-def is_public_destination(url: str) -> bool:
-    """False when the URL's host resolves to a loopback/private/reserved address (SSRF guard)."""
+def destination_address(
+    url: str, *, allow_private: bool
+) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address to connect to for `url`: None when it does not resolve or (unless
+    `allow_private`) when any of its addresses is loopback/private/reserved."""
     host = urlsplit(url).hostname or ""
     try:
         infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
     except (OSError, UnicodeError):
-        return False
-    addresses = {ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos}
-    return bool(addresses) and not any(is_blocked_address(a) for a in addresses)
+        return None
+    addresses = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
+    if not addresses or (not allow_private and any(is_blocked_address(a) for a in addresses)):
+        return None
+    return addresses[0]
 
 
 class WebhookSender:
@@ -75,21 +80,30 @@ class WebhookSender:
 
     def deliver(self, url: str, message_id: str, body: bytes) -> bool:
         """POST `body` to `url`; True once a 2xx answer came back, False after the last attempt."""
-        if not self.allow_private and not is_public_destination(url):
-            logger.warning("webhook %s: %s is not a public address; not sent", message_id, url)
+        address = destination_address(url, allow_private=self.allow_private)
+        if address is None:
+            logger.warning(
+                "webhook %s: %s does not resolve to a public address; not sent", message_id, url
+            )
             return False
+        # Connect to the checked address itself (Host header and TLS name unchanged), so the
+        # name cannot be re-resolved to a blocked address between the check and the send.
+        pinned_url, host_header, extensions = pin_to_address(urlsplit(url), address)
         delay = self.backoff_s
         with httpx.Client(timeout=self.timeout_s, follow_redirects=False) as client:
             for attempt in range(1, self.max_attempts + 1):
                 timestamp = int(time.time())
                 headers = {
+                    "host": host_header,
                     "content-type": "application/json",
                     "webhook-id": message_id,
                     "webhook-timestamp": str(timestamp),
                     "webhook-signature": sign(self.secret, message_id, timestamp, body),
                 }
                 try:
-                    response = client.post(url, content=body, headers=headers)
+                    response = client.post(
+                        pinned_url, content=body, headers=headers, extensions=extensions
+                    )
                     if 200 <= response.status_code < 300:
                         return True
                     logger.warning(
