@@ -119,3 +119,17 @@ def test_console_script_end_to_end(source: Path, tmp_path: Path) -> None:
         timeout=120,
     )
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and "num_images" in bad.stderr
+
+
+def test_reasoning_flags_reach_the_pipeline(
+    source: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out.png"
+    # v1.1 has no reasoning passes: a clear refusal naming the flag.
+    assert main(["edit", str(source), "add a hat", "-o", str(out), "--thinking", *FAST]) == 2
+    assert "enable_thinking" in capsys.readouterr().err
+    # v1.2 with both passes off is a plain edit.
+    v12 = ["--model", "dummy:tiny-v1.2", "--size", "256", "--steps", "2", "--no-progress"]
+    args = ["edit", str(source), "add a hat", "-o", str(out), "--no-thinking", "--no-reflection"]
+    assert main([*args, *v12]) == 0
+    assert Image.open(out).size == (300, 200)

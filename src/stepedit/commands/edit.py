@@ -97,6 +97,23 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--offload", action="store_true", help="keep models on the CPU until used (24 GB GPUs)"
     )
+    parser.add_argument(
+        "--enhance-prompt",
+        action="store_true",
+        help="let the MLLM rewrite the instruction into a specific one first (any version)",
+    )
+    parser.add_argument(
+        "--thinking",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="v1.2 thinking pass (default: on for v1.2)",
+    )
+    parser.add_argument(
+        "--reflection",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="v1.2 reflection rounds (default: on for v1.2)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 
@@ -330,8 +347,13 @@ def _run_job(pipeline: EditPipeline, job: EditJob, args: argparse.Namespace) -> 
             size_level=job.size_level,
             strength=job.strength,
             output_size=args.output_size,
+            enhance_prompt=args.enhance_prompt,
+            enable_thinking=args.thinking,
+            enable_reflection=args.reflection,
             callback=on_progress,
         )
+    if output.prompt != job.prompt:
+        logger.info("%s: edited with the instruction %r", job.image.name, output.prompt)
     job.output.parent.mkdir(parents=True, exist_ok=True)
     for path, result in zip(_output_paths(job, len(output.images)), output.images, strict=True):
         result.save(path)
