@@ -41,3 +41,9 @@ def test_native_422_documents_the_native_error_body(client: TestClient) -> None:
     answer = client.get("/v1/jobs", params={"limit": 0})
     assert answer.status_code == 422
     assert set(answer.json()["error"]) == {"code", "message", "param"}
+
+
+def test_the_edits_upload_is_documented_as_required(client: TestClient) -> None:
+    operation = client.get("/openapi.json").json()["paths"]["/v1/images/edits"]["post"]
+    schema = operation["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert "image" in schema["required"]

@@ -35,6 +35,11 @@ router = APIRouter(prefix="/v1/images", tags=["openai-edits"])
     response_model=ImageEditResponse,
     response_model_exclude_none=True,
     responses=error_responses(FLAVOUR, 400, 401, 413, 429, 503),
+    # The parameter is optional in Python only because the `openai` client may send the file
+    # as `image[]`; on the wire one image file is required (seed 002).
+    openapi_extra={
+        "requestBody": {"content": {"multipart/form-data": {"schema": {"required": ["image"]}}}}
+    },
 )
 async def edit_image(
     request: Request,
