@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 from typing import Annotated
 
@@ -17,6 +16,7 @@ from stepedit.api.errors import (
     error_responses,
     request_id_of,
 )
+from stepedit.api.outputs import outputs_base64
 from stepedit.inputs import (
     check_prompt,
     fetch_policy_from_settings,
@@ -24,7 +24,6 @@ from stepedit.inputs import (
     max_prompt_chars,
     rules_from_settings,
 )
-from stepedit.jobs.views import JobView
 
 from .adapter import to_edit_request, to_response
 from .protocol import GenerationRequest, GenerationResponse
@@ -69,12 +68,5 @@ async def generate(
     check_job_succeeded(view, SYNC_WAIT_S)
     base64_outputs = None
     if body.response_format == "b64_json":
-        base64_outputs = await asyncio.to_thread(read_outputs_base64, jobs, view)
+        base64_outputs = await outputs_base64(jobs, view)
     return to_response(view, base64_outputs=base64_outputs)
-
-
-def read_outputs_base64(jobs: Jobs, view: JobView) -> list[str]:
-    return [
-        base64.b64encode(jobs.output_path(output.token).read_bytes()).decode()
-        for output in view.outputs
-    ]

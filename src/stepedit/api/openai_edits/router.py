@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 from typing import Annotated
 
@@ -13,9 +12,9 @@ from starlette.datastructures import UploadFile as StarletteUploadFile
 
 from stepedit.api.deps import AppSettings, Jobs, Owner
 from stepedit.api.errors import Flavour, check_job_succeeded, error_responses
+from stepedit.api.outputs import outputs_base64
 from stepedit.errors import InvalidInput, PayloadTooLarge
 from stepedit.inputs import OPENAI_EDITS_RULES, check_prompt, decode_image, rules_from_settings
-from stepedit.jobs.views import JobView
 
 from .adapter import to_edit_request, to_response
 from .protocol import MAX_PROMPT_CHARS, ImageEditForm, ImageEditResponse
@@ -70,7 +69,7 @@ async def edit_image(
     check_job_succeeded(view, SYNC_WAIT_S)
     base64_outputs = None
     if form.response_format == "b64_json":
-        base64_outputs = await asyncio.to_thread(read_outputs_base64, jobs, view)
+        base64_outputs = await outputs_base64(jobs, view)
     return to_response(view, base64_outputs=base64_outputs)
 
 
@@ -98,10 +97,3 @@ async def read_upload(upload: StarletteUploadFile, max_bytes: int) -> bytes:
             f"The image is larger than the limit of {max_bytes} bytes.", param="image"
         )
     return data
-
-
-def read_outputs_base64(jobs: Jobs, view: JobView) -> list[str]:
-    return [
-        base64.b64encode(jobs.output_path(output.token).read_bytes()).decode()
-        for output in view.outputs
-    ]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import logging
 from typing import Annotated, Any
@@ -15,6 +14,7 @@ from starlette.datastructures import UploadFile
 
 from stepedit.api.deps import AppSettings, Jobs, Owner
 from stepedit.api.errors import Flavour, check_job_succeeded, error_responses
+from stepedit.api.outputs import outputs_base64
 from stepedit.errors import InvalidInput, PayloadTooLarge
 from stepedit.inputs import (
     DecodedImage,
@@ -27,7 +27,6 @@ from stepedit.inputs import (
     rules_from_settings,
 )
 from stepedit.jobs.service import tokens_for
-from stepedit.jobs.views import JobView
 
 from .adapter import check_operation, to_edit_request, to_response
 from .protocol import ReasoningEditRequest, ReasoningEditResponse
@@ -87,7 +86,7 @@ async def edit_image(
     check_job_succeeded(view, SYNC_WAIT_S)
     base64_outputs = None
     if body.response_format == "b64_json":
-        base64_outputs = await asyncio.to_thread(read_outputs_base64, jobs, view)
+        base64_outputs = await outputs_base64(jobs, view)
     return to_response(
         view,
         operation=check_operation(body.operation),
@@ -163,10 +162,3 @@ async def load_image(
     if not body.image:
         raise InvalidInput("An image is required (a file, URL, data URI or base64).", param="image")
     return await load_image_source(body.image, rules, fetch_policy_from_settings(settings))
-
-
-def read_outputs_base64(jobs: Jobs, view: JobView) -> list[str]:
-    return [
-        base64.b64encode(jobs.output_path(output.token).read_bytes()).decode()
-        for output in view.outputs
-    ]

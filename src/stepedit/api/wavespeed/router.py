@@ -7,7 +7,6 @@ there); `GET .../result` always answers with output URLs, as the request is not 
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 from typing import Annotated
 
@@ -15,6 +14,7 @@ from fastapi import APIRouter, Header, Query
 
 from stepedit.api.deps import AppSettings, Jobs, Owner
 from stepedit.api.errors import Flavour, error_responses
+from stepedit.api.outputs import outputs_base64
 from stepedit.errors import InvalidInput
 from stepedit.inputs import (
     check_callback_url,
@@ -25,7 +25,6 @@ from stepedit.inputs import (
     rules_from_settings,
 )
 from stepedit.jobs.state import JobStatus
-from stepedit.jobs.views import JobView
 
 from .adapter import to_edit_request, to_response
 from .protocol import (
@@ -80,7 +79,7 @@ async def submit(
         view = await jobs.wait(view.id, owner, SYNC_WAIT_S)
     base64_outputs = None
     if body.enable_base64_output and view.status is JobStatus.SUCCEEDED:
-        base64_outputs = await asyncio.to_thread(read_outputs_base64, jobs, view)
+        base64_outputs = await outputs_base64(jobs, view)
     return to_response(view, base_url=settings.base_url, base64_outputs=base64_outputs)
 
 
@@ -117,10 +116,3 @@ async def get_prediction(
 )
 async def webhook_secret(jobs: Jobs, owner: Owner) -> WebhookSecretResponse:
     return WebhookSecretResponse(data=WebhookSecretData(secret=jobs.webhook_secret))
-
-
-def read_outputs_base64(jobs: Jobs, view: JobView) -> list[str]:
-    return [
-        base64.b64encode(jobs.output_path(output.token).read_bytes()).decode()
-        for output in view.outputs
-    ]
