@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from PIL import Image
 from stepedit.cli import main
 
 MODEL = "dummy:tiny-v1.1"
-FAST = ["--model", MODEL, "--size", "256", "--steps", "2", "--no-progress"]
+FAST = ["--model", MODEL, "--size", "512", "--steps", "2", "--no-progress"]
 
 
 @pytest.fixture()
@@ -40,12 +41,15 @@ def test_edit_several_images(source: Path, tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--steps", "0"], "num_inference_steps"),
-        (["--strength", "2"], "strength"),
-        (["--size", "640x480"], "size"),
+        (["--steps", "0"], "--steps: must be in 1..100"),
+        (["--strength", "2"], "--strength"),
+        (["--guidance", "nan"], "--guidance"),
+        (["--n", "9"], "--n"),
+        (["--seed", "-5"], "--seed"),
+        (["--negative-prompt", "x" * 3000], "--negative-prompt"),
     ],
 )
-def test_bad_parameters_exit_2_without_traceback(
+def test_bad_parameters_exit_2_naming_the_flag(
     source: Path,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
@@ -56,6 +60,71 @@ def test_bad_parameters_exit_2_without_traceback(
     assert main(args) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+    assert "num_inference_steps" not in err and "guidance_scale" not in err
+
+
+@pytest.mark.parametrize("size", ["256", "640x480", "2048"])
+def test_size_offers_exactly_the_documented_levels(
+    source: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], size: str
+) -> None:
+    args = ["edit", str(source), "x", "-o", str(tmp_path / "o.png"), *FAST, "--size", size]
+    with pytest.raises(SystemExit) as exited:
+        main(args)
+    assert exited.value.code == 2
+    assert "--size" in capsys.readouterr().err
+
+
+def test_output_path_is_checked_before_loading(
+    source: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["edit", str(source), "x", "-o", str(tmp_path / "out.gif"), *FAST]) == 2
+    assert "-o must end in" in capsys.readouterr().err
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    assert main(["edit", str(source), "x", "-o", str(blocked / "out.png"), *FAST]) == 2
+    assert "cannot write" in capsys.readouterr().err
+
+
+def test_bad_input_never_imports_torch(source: Path, tmp_path: Path) -> None:
+    """Every check runs before the model: with torch unimportable, bad input still gets its
+    answer (exit 2), and only good input reaches the import."""
+    import subprocess
+    import sys
+
+    fake = tmp_path / "fake"
+    (fake / "torch").mkdir(parents=True)
+    (fake / "torch" / "__init__.py").write_text("raise ImportError('torch was imported')\n")
+    existing = os.environ.get("PYTHONPATH")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(fake), existing]))}
+    command = [sys.executable, "-m", "stepedit.cli", "edit"]
+    out = str(tmp_path / "o.png")
+    checkpoint = tmp_path / "ckpt"
+    assert main(["convert", MODEL, str(checkpoint), "--to", "diffusers"]) == 0
+    cases = [
+        ([str(source), "x", "-o", out, "--steps", "0", "--model", MODEL], 2),
+        ([str(tmp_path / "missing.png"), "x", "-o", out, "--model", MODEL], 2),
+        ([str(source), "x", "-o", str(tmp_path / "o.bmp"), "--model", MODEL], 2),
+        ([str(source), "x", "-o", out, "--model", MODEL, "--thinking"], 2),
+        ([str(source), "x", "-o", out, "--model", MODEL, "--optimize", "warp-speed"], 2),
+        # the release is read from the checkpoint's files, before loading it
+        ([str(source), "x", "-o", out, "--model", str(checkpoint), "--thinking"], 2),
+        # a checkpoint with parts missing is named before anything loads
+        ([str(source), "x", "-o", out, "--model", str(tmp_path)], 1),
+    ]
+    for case, code in cases:
+        done = subprocess.run(
+            [*command, *case], capture_output=True, text=True, env=env, timeout=60
+        )
+        assert done.returncode == code, (case, done.stderr)
+        assert "torch was imported" not in done.stderr and "Traceback" not in done.stderr
+    good = subprocess.run(
+        [*command, str(source), "x", "-o", out, "--model", MODEL],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert "torch was imported" in good.stderr
 
 
 def test_missing_image_and_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -118,18 +187,29 @@ def test_console_script_end_to_end(source: Path, tmp_path: Path) -> None:
         text=True,
         timeout=120,
     )
-    assert bad.returncode == 2 and "Traceback" not in bad.stderr and "num_images" in bad.stderr
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr and "--n: " in bad.stderr
 
 
 def test_reasoning_flags_reach_the_pipeline(
     source: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "out.png"
-    # v1.1 has no reasoning passes: a clear refusal naming the flag.
+    # v1.1 has no reasoning passes: a clear refusal naming the flag, before loading.
     assert main(["edit", str(source), "add a hat", "-o", str(out), "--thinking", *FAST]) == 2
-    assert "enable_thinking" in capsys.readouterr().err
+    assert "--thinking: the reasoning passes need the v1.2 model" in capsys.readouterr().err
     # v1.2 with both passes off is a plain edit.
-    v12 = ["--model", "dummy:tiny-v1.2", "--size", "256", "--steps", "2", "--no-progress"]
+    v12 = ["--model", "dummy:tiny-v1.2", "--size", "512", "--steps", "2", "--no-progress"]
     args = ["edit", str(source), "add a hat", "-o", str(out), "--no-thinking", "--no-reflection"]
     assert main([*args, *v12]) == 0
     assert Image.open(out).size == (300, 200)
+
+
+def test_model_version_flag_and_cfg_rescale(
+    source: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out.png"
+    args = ["edit", str(source), "add a hat", "-o", str(out), *FAST, "--seed", "4"]
+    assert main([*args, "--model-version", "v1.1", "--cfg-rescale", "every_step"]) == 0
+    # --version is kept as an alias of --model-version; a contradicting release is refused.
+    assert main([*args, "--version", "v1.2"]) == 1
+    assert "v1.2" in capsys.readouterr().err

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from stepedit import sampling
 from stepedit.errors import InvalidInput
 from stepedit.images import to_pil, to_tensor, working_size
-from stepedit.pipeline import EditOutput, EditPipeline, PipelineProgress
+from stepedit.pipeline import NOISE_DTYPE, EditOutput, EditPipeline, PipelineProgress
+from stepedit.request import EditRequest
 
 STEPS = 2
 LEVEL = 256  # smallest size level: keeps every run around a second on 2 cores
@@ -26,10 +32,18 @@ def source() -> Image.Image:
     return Image.merge("RGB", (gradient, gradient.rotate(90).resize((300, 200)), gradient))
 
 
-def edit(pipe: EditPipeline, image: Image.Image, **kwargs: object) -> EditOutput:
+def edit(
+    pipe: EditPipeline,
+    image: Image.Image,
+    *,
+    latents: torch.Tensor | None = None,
+    callback: object = None,
+    **kwargs: object,
+) -> EditOutput:
     options: dict[str, object] = {"num_inference_steps": STEPS, "size_level": LEVEL, "seed": 7}
     options.update(kwargs)
-    return pipe(image, "add a red hat", **options)  # type: ignore[arg-type]
+    request = EditRequest(prompt="add a red hat", **options)  # type: ignore[arg-type]
+    return pipe(image, request, latents=latents, callback=callback)  # type: ignore[arg-type]
 
 
 def pixels(image: Image.Image) -> np.ndarray:
@@ -72,10 +86,8 @@ def test_size_level_512(pipe: EditPipeline) -> None:
 def test_strength_zero_is_the_vae_round_trip(pipe: EditPipeline, source: Image.Image) -> None:
     out = edit(pipe, source, strength=0.0, output_size="working")
     working = source.resize(working_size(*source.size, LEVEL), Image.Resampling.LANCZOS)
-    latents = pipe.encode_reference(to_tensor(working), [7])
-    from stepedit import sampling
-
-    expected = pipe.decode(sampling.pack(latents), out.height, out.width)[0]
+    _, latents = pipe.prepare_latents(to_tensor(working), [7], out.height, out.width)
+    expected = pipe.decode(latents)[0]
     assert out.images[0].tobytes() == expected.tobytes()
     full = edit(pipe, source, strength=1.0, output_size="working")
     assert np.abs(pixels(full.images[0]) - pixels(out.images[0])).mean() > 1.0
@@ -108,7 +120,8 @@ def test_random_seed_is_drawn_and_reported(pipe: EditPipeline, source: Image.Ima
 
 def test_given_latents_replace_the_seeded_noise(pipe: EditPipeline, source: Image.Image) -> None:
     width, height = working_size(*source.size, LEVEL)
-    noise = pipe.prepare_noise([7], height, width)
+    working = source.resize((width, height), Image.Resampling.LANCZOS)
+    noise, _ = pipe.prepare_latents(to_tensor(working), [7], height, width)
     from_seed = edit(pipe, source, seed=7)
     from_latents = edit(pipe, source, seed=7, latents=noise.clone())
     assert from_seed.images[0].tobytes() == from_latents.images[0].tobytes()
@@ -141,13 +154,15 @@ def test_qwen_sees_the_reference_float_round_trip() -> None:
         ("seed", -3),
         ("output_size", "huge"),
         ("enable_thinking", True),
+        ("cfg_rescale", "sometimes"),
+        ("model", "v1.2"),
     ],
 )
 def test_check_inputs_names_the_param(
     pipe: EditPipeline, source: Image.Image, param: str, value: object
 ) -> None:
     with pytest.raises(InvalidInput) as info:
-        pipe(source, "add a hat", **{param: value})  # type: ignore[arg-type]
+        pipe(source, EditRequest(prompt="add a hat", **{param: value}))  # type: ignore[arg-type]
     assert info.value.param == param
     assert param in str(info.value)
 
@@ -156,10 +171,10 @@ def test_check_inputs_rejects_empty_prompt_and_bad_latents(
     pipe: EditPipeline, source: Image.Image
 ) -> None:
     with pytest.raises(InvalidInput) as info:
-        pipe(source, "  ")
+        pipe(source, EditRequest(prompt="  "))
     assert info.value.param == "prompt"
     with pytest.raises(InvalidInput) as info:
-        pipe(source, "add a hat", size_level=LEVEL, latents=torch.zeros(1, 16, 8, 8))
+        edit(pipe, source, latents=torch.zeros(1, 16, 8, 8))
     assert info.value.param == "latents"
 
 
@@ -174,10 +189,135 @@ def test_offload_and_cfg_layout_give_the_same_image(
     assert np.abs(pixels(split) - pixels(edit(pipe, source).images[0])).max() <= 1
 
 
-def test_reference_image_ids_match_the_official_v11_layout() -> None:
-    from stepedit import sampling
+def test_cfg_rescale_option_selects_the_rule(
+    pipe: EditPipeline, source: Image.Image, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # v1.1's release rescales only while t > 0.93; every_step is the diffusers pipeline's rule.
+    seen: list[float] = []
+    combine = sampling.cfg_combine
 
-    img_ids, _ = sampling.prepare_ids(1, 4, 6, 0, "v1.1")
-    ref = img_ids[0, 6:].reshape(2, 3, 3)
-    assert ref[0, 0].tolist() == [1.0, 1.0, 1.0]
-    assert ref[1, 2].tolist() == [1.0, 2.0, 3.0]
+    def spy(
+        cond: torch.Tensor,
+        uncond: torch.Tensor,
+        scale: float,
+        t: float,
+        above: float,
+        k: float = 0.4,
+    ) -> torch.Tensor:
+        seen.append(above)
+        return combine(cond, uncond, scale, t, above, k)
+
+    monkeypatch.setattr(sampling, "cfg_combine", spy)
+    for option, expected in (
+        (None, 0.93),
+        ("official", 0.93),
+        ("every_step", -math.inf),
+        ("never", math.inf),
+    ):
+        seen.clear()
+        edit(pipe, source, cfg_rescale=option)
+        assert seen == [expected] * STEPS, option
+
+
+def test_original_layout_draws_noise_first_from_the_device_generator(
+    pipe: EditPipeline, source: Image.Image
+) -> None:
+    assert pipe.reference == "official"
+    assert pipe.processor is pipe.components.processor  # the PIL processor, as the official code
+    width, height = working_size(*source.size, LEVEL)
+    pixels_ = to_tensor(source.resize((width, height)))
+    noise, _ = pipe.prepare_latents(pixels_, [7, 8], height, width)
+    shape = (1, 16, height // 8, width // 8)
+    for row, seed in enumerate((7, 8)):
+        expected = torch.randn(
+            shape, generator=torch.Generator().manual_seed(seed), dtype=NOISE_DTYPE
+        )
+        torch.testing.assert_close(noise[row : row + 1], expected.float(), rtol=0, atol=0)
+
+
+@pytest.fixture(scope="module")
+def diffusers_pipe(tmp_path_factory: pytest.TempPathFactory) -> EditPipeline:
+    from stepedit.weights import load_components, write_checkpoint
+
+    folder: Path = tmp_path_factory.mktemp("diffusers-v11")
+    components = load_components("dummy:tiny-v1.1", device="cpu", dtype=torch.float32)
+    write_checkpoint(components, folder, "diffusers")
+    return EditPipeline.from_pretrained(folder, device="cpu")
+
+
+def test_diffusers_layout_draws_the_posterior_first_from_one_cpu_generator(
+    diffusers_pipe: EditPipeline, source: Image.Image
+) -> None:
+    # As Step1XEditPipeline(generator=torch.Generator().manual_seed(7)): the VAE posterior
+    # sample, then the starting noise, from the same generator.
+    assert diffusers_pipe.reference == "diffusers"
+    width, height = working_size(*source.size, LEVEL)
+    pixels_ = to_tensor(source.resize((width, height)))
+    noise, ref = diffusers_pipe.prepare_latents(pixels_, [7], height, width)
+    ae = diffusers_pipe.ae
+    mean, logvar = torch.chunk(ae.encoder(pixels_ * 2 - 1), 2, dim=1)
+    generator = torch.Generator().manual_seed(7)
+    sample = mean + torch.exp(0.5 * logvar) * torch.randn(mean.shape, generator=generator)
+    expected_noise = torch.randn(noise.shape, generator=generator, dtype=NOISE_DTYPE)
+    torch.testing.assert_close(noise, expected_noise.float(), rtol=0, atol=0)
+    expected_ref = ae.scale_factor * (sample - ae.shift_factor)
+    torch.testing.assert_close(ref, expected_ref, rtol=0, atol=0)
+
+
+def test_diffusers_layout_follows_the_diffusers_pipeline_rules(
+    diffusers_pipe: EditPipeline, source: Image.Image
+) -> None:
+    # Qwen's images through transformers' torchvision ("fast") processor, as diffusers loads it.
+    from stepedit.model.qwen import TensorQwenImageProcessor
+
+    assert isinstance(diffusers_pipe.processor.image_processor, TensorQwenImageProcessor)
+    # No negative pass at guidance 1 (do_true_cfg = true_cfg_scale > 1), rounding at output.
+    calls: list[int] = []
+    dit = diffusers_pipe.dit
+    diffusers_pipe.dit = lambda **kw: calls.append(kw["img"].shape[0]) or dit(**kw)  # type: ignore[assignment,func-returns-value]
+    try:
+        edit(diffusers_pipe, source, guidance_scale=1.0)
+        assert calls == [1, 1]
+        calls.clear()
+        # ... and the positive and the negative prompt in forwards of their own, as the
+        # pipeline runs them (the official code batches them: one forward of 2).
+        edit(diffusers_pipe, source, guidance_scale=4.0)
+        assert calls == [1, 1, 1, 1]
+    finally:
+        diffusers_pipe.dit = dit
+    dark = torch.full((1, 3, 2, 2), 0.6 / 255)
+    assert np.asarray(to_pil(dark[0], rounding=True)).max() == 1
+    assert np.asarray(to_pil(dark[0])).max() == 0
+
+
+def test_same_weights_same_image_in_both_layouts_with_the_same_latents(
+    pipe: EditPipeline, diffusers_pipe: EditPipeline, source: Image.Image
+) -> None:
+    width, height = working_size(*source.size, LEVEL)
+    latents = torch.randn(
+        1, 16, height // 8, width // 8, generator=torch.Generator().manual_seed(1)
+    )
+    a = edit(pipe, source, latents=latents, strength=1.0, cfg_rescale="every_step")
+    b = edit(diffusers_pipe, source, latents=latents, strength=1.0, cfg_rescale="every_step")
+    assert a.latents is not None and b.latents is not None
+    # Same model, same start; only the references' float rounding of the schedule differs.
+    torch.testing.assert_close(a.latents, b.latents, rtol=1e-3, atol=1e-3)
+
+
+def test_every_release_places_the_reference_image_by_its_rule() -> None:
+    from stepedit.request import VERSIONS
+
+    assert [VERSIONS[v].reference_positions for v in ("v1.0", "v1.1", "v1.2")] == [
+        "shared",
+        "offset",
+        "index",
+    ]
+    ids = sampling.prepare_image_ids(1, 4, 6, VERSIONS["v1.2"].reference_positions)
+    assert ids[0, 6].tolist() == [1.0, 0.0, 0.0]
+
+
+def test_requests_are_dataclasses_with_one_seed_rule(source: Image.Image) -> None:
+    request = EditRequest(prompt="x")
+    drawn = request.with_seed()
+    assert drawn.seed is not None and drawn.with_seed() is drawn
+    assert dataclasses.replace(drawn, num_images=3).seeds == [drawn.seed + i for i in range(3)]

@@ -17,14 +17,18 @@ Follows the reference embedder step by step:
 from __future__ import annotations
 
 import hashlib
+import inspect
 import logging
 import math
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from PIL import Image
 from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
+
+from stepedit.sampling import Conditioning
 
 logger = logging.getLogger(__name__)
 
@@ -57,8 +61,6 @@ IMAGE_FACTOR = 28
 # Quotes before this character index (the system turn and the prefix's own "Enhanced prompt")
 # are left alone by the reference's quote splitting.
 QUOTE_SPLIT_START = 155
-
-Embedding = tuple[torch.Tensor, torch.Tensor]
 
 
 def split_quoted(text: str) -> list[str]:
@@ -104,20 +106,21 @@ def vision_utils_size(width: int, height: int) -> tuple[int, int]:
 
 
 def image_digest(image: Image.Image) -> str:
-    digest = hashlib.sha256(image.tobytes())
-    digest.update(f"{image.mode}{image.size}".encode())
+    """A key for an image's pixels, mode and size (the one digest of the encoding cache)."""
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(f"{image.mode}:{image.size}".encode())
+    digest.update(image.tobytes())
     return digest.hexdigest()
 
 
 class QwenEditEncoder:
-    """`encoder(prompts, images) -> (emb [B, max_length, hidden], mask [B, max_length] long)`."""
+    """v1.0/v1.1: `encoder.encode(prompt, image) -> Conditioning` ([1, max_length, hidden])."""
 
     def __init__(
         self,
         model: Qwen2_5_VLForConditionalGeneration,
         processor: Qwen2_5_VLProcessor,
         max_length: int = 640,
-        cache_size: int = 8,
     ) -> None:
         self.model = model
         self.processor = processor
@@ -131,8 +134,9 @@ class QwenEditEncoder:
         self.open_quote_id = self._single_token("“")
         self.close_quote_id = self._single_token("”")
         self.prefix_length = self._template_prefix_length()
-        self._cache: OrderedDict[tuple[str, str], Embedding] = OrderedDict()
-        self._cache_size = cache_size
+        self.image_token_id = int(model.config.image_token_id)
+        forward = inspect.signature(type(model).forward).parameters
+        self._rope_takes_token_types = "mm_token_type_ids" in forward
 
     @property
     def device(self) -> torch.device:
@@ -198,88 +202,68 @@ class QwenEditEncoder:
         return image.resize(vision_utils_size(image.width, image.height))
 
     @torch.inference_mode()
-    def encode_one(self, prompt: str, image: Image.Image) -> Embedding:
-        """(emb [max_length, hidden], mask [max_length]) for one instruction and image."""
+    def encode(self, prompt: str, image: Image.Image) -> Conditioning:
+        """Conditioning of batch 1, padded to `max_length`, for one instruction and image."""
         text = self.render(prompt)
         inputs = self.processor(
             text=[text], images=[self.qwen_view(image)], padding=True, return_tensors="pt"
         )
         input_ids = self.token_ids(text, inputs["input_ids"][0]).unsqueeze(0).to(self.device)
         attention_mask = (input_ids > 0).long()
+        # transformers 5 builds Qwen's 3-D (M-RoPE) positions only from explicit token types;
+        # 4.x, which the reference runs on, derives them from the ids.
+        token_types = {}
+        if self._rope_takes_token_types:
+            token_types["mm_token_type_ids"] = (input_ids == self.image_token_id).int()
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
             pixel_values=inputs["pixel_values"].to(self.device, self.dtype),
             image_grid_thw=inputs["image_grid_thw"].to(self.device),
             output_hidden_states=True,
+            **token_types,
         )
         hidden = outputs.hidden_states[-1][0, self.prefix_length :][: self.max_length]
         emb = torch.zeros(
-            self.max_length, hidden.shape[-1], dtype=self.dtype, device=self.device
-        )  # [max_length, hidden]
-        mask = torch.zeros(self.max_length, dtype=torch.long, device=self.device)
-        emb[: hidden.shape[0]] = hidden
-        mask[: hidden.shape[0]] = 1
-        return emb, mask
+            1, self.max_length, hidden.shape[-1], dtype=self.dtype, device=self.device
+        )  # [1, max_length, hidden]
+        mask = torch.zeros(1, self.max_length, dtype=torch.long, device=self.device)
+        emb[0, : hidden.shape[0]] = hidden
+        mask[0, : hidden.shape[0]] = 1
+        txt_ids = torch.zeros(1, self.max_length, 3, device=self.device)  # no text positions
+        return Conditioning(emb, mask, txt_ids)
 
-    def __call__(
-        self, prompts: list[str], images: list[Image.Image], *, use_cache: bool = False
-    ) -> Embedding:
-        """(emb [B, max_length, hidden], mask [B, max_length] long), one row per prompt."""
-        if len(prompts) != len(images):
-            raise ValueError(f"{len(prompts)} prompts but {len(images)} images")
-        embs, masks = [], []
-        for prompt, image in zip(prompts, images, strict=True):
-            emb, mask = self._cached(prompt, image) if use_cache else self.encode_one(prompt, image)
-            embs.append(emb)
-            masks.append(mask)
-        return torch.stack(embs), torch.stack(masks)
 
-    def _cached(self, prompt: str, image: Image.Image) -> Embedding:
-        """Exact reuse of an earlier encoding (the negative prompt repeats across requests)."""
+class EncodingCache:
+    """Exact reuse of recent (prompt, image) encodings, the negative prompt above all.
+
+    Step1X-Edit encodes the negative prompt together with the source image, so its encoding
+    differs per image; the cache pays off when one image is edited several times (the
+    playground, retries, reasoning rounds). Each pair is encoded alone, so a hit is the very
+    tensor a fresh encode would give.
+    """
+
+    def __init__(self, capacity: int = 8) -> None:
+        self.capacity = capacity
+        self._entries: OrderedDict[tuple[str, str], Conditioning] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def get(
+        self, encode: Callable[[str, Image.Image], Conditioning], prompt: str, image: Image.Image
+    ) -> Conditioning:
         key = (prompt, image_digest(image))
-        hit = self._cache.get(key)
-        if hit is not None and hit[0].device == self.device and hit[0].dtype == self.dtype:
-            self._cache.move_to_end(key)
+        hit = self._entries.get(key)
+        if hit is not None:
+            self._entries.move_to_end(key)
+            self.hits += 1
             return hit
-        result = self.encode_one(prompt, image)
-        self._cache[key] = result
-        while len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
+        self.misses += 1
+        result = encode(prompt, image)
+        self._entries[key] = result
+        while len(self._entries) > self.capacity:
+            self._entries.popitem(last=False)
         return result
 
-    def clear_cache(self) -> None:
-        self._cache.clear()
-
-    @torch.inference_mode()
-    def generate(
-        self, messages: list[dict[str, Any]], max_new_tokens: int = 256, greedy: bool = True
-    ) -> str:
-        """Chat with the MLLM (for the reasoning passes): returns the assistant's reply text.
-
-        Images are given inline as `{"type": "image", "image": PIL.Image}` content items.
-        """
-        images = [
-            item["image"]
-            for message in messages
-            if not isinstance(message["content"], str)
-            for item in message["content"]
-            if item.get("type") == "image"
-        ]
-        text = self.processor.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=True, add_vision_id=True
-        )
-        inputs = self.processor(
-            text=[text],
-            images=[self.qwen_view(image) for image in images] or None,
-            padding=True,
-            return_tensors="pt",
-        ).to(self.device)
-        if "pixel_values" in inputs:
-            inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
-        output = self.model.generate(
-            **inputs, max_new_tokens=max_new_tokens, do_sample=not greedy
-        )  # [1, prompt + new]
-        new_tokens = output[:, inputs["input_ids"].shape[1] :]
-        reply: str = self.processor.batch_decode(new_tokens, skip_special_tokens=True)[0]
-        return reply
+    def clear(self) -> None:
+        self._entries.clear()

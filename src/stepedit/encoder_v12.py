@@ -18,16 +18,14 @@ pipeline_step1x_edit_v1p2.py, `_get_qwenvl_embeds` / `encode_prompt`) against v1
 5. the Qwen processor bounds the image to 256..400 merged tokens (v1.0/v1.1: 256..324) and gets
    the working-size image directly (no qwen_vl_utils resize).
 The rules of 1-4 are plain, tested functions; `QwenEditEncoderV12` runs Qwen2.5-VL and
-assembles them into the DiT's v1.2 conditioning (`V12Conditioning`).
+assembles them into the DiT's conditioning (`stepedit.sampling.Conditioning`).
 """
 
 from __future__ import annotations
 
 import inspect
 import re
-from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -36,6 +34,7 @@ from torch import Tensor
 from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
 
 from stepedit.errors import InvalidInput
+from stepedit.sampling import Conditioning
 
 # EDIT_PREFIX in pipeline_step1x_edit_v1p2.py (reference above); "\u0020" is its trailing space.
 V12_EDIT_PREFIX = (
@@ -123,34 +122,34 @@ def split_for_tokenizing(text: str, prefix_len: int, special_tokens: Sequence[st
 
 
 def vision_from_source(source_size: tuple[int, int], resized_size: tuple[int, int]) -> Tensor:
-    """3x3 affine: pixel (x, y) of the image given to Qwen -> merged-vision-token (x, y).
+    """3x3 float32 affine: pixel (x, y) of the image given to Qwen -> merged-vision-token (x, y).
 
-    `resized_size` is the processor's (width, height) = grid // 2 * 28.
+    `resized_size` is the processor's (width, height) = grid // 2 * 28. Computed in float32 with
+    the reference's operations, so the positions are the reference's to the last bit.
     """
     (src_w, src_h), (res_w, res_h) = source_size, resized_size
-    resize = torch.eye(3, dtype=torch.float64)
-    resize[0, 0] = (res_w - 1) / (src_w - 1)
-    resize[1, 1] = (res_h - 1) / (src_h - 1)
-    return torch.tensor(VISION_FROM_PIXEL, dtype=torch.float64) @ resize
+    resize = torch.eye(3)
+    resize[0, 0] = (torch.tensor(res_w) - 1) / (src_w - 1)
+    resize[1, 1] = (torch.tensor(res_h) - 1) / (src_h - 1)
+    return torch.tensor(VISION_FROM_PIXEL) @ resize
 
 
 def vision_token_positions(grid_hw: tuple[int, int], source_size: tuple[int, int]) -> Tensor:
     """(y, x) packed-latent coordinates of each merged vision token, row-major: [h * w, 2].
 
     `grid_hw` is the merged token grid (image_grid_thw[1:] // 2); `source_size` the (width,
-    height) of the image handed to Qwen (the working-size image).
+    height) of the image handed to Qwen (the working-size image). float32 throughout.
     """
     h, w = grid_hw
-    resized = (w * 28, h * 28)
-    to_latent = torch.tensor(LATENT_FROM_PIXEL, dtype=torch.float64) @ torch.linalg.inv(
-        vision_from_source(source_size, resized)
+    to_latent = torch.tensor(LATENT_FROM_PIXEL) @ torch.linalg.inv(
+        vision_from_source(source_size, (w * 28, h * 28))
     )
-    ys, xs = torch.meshgrid(
-        torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij"
-    )
-    xy = torch.stack([xs.flatten(), ys.flatten()], dim=-1)  # [h*w, 2] as (x, y)
-    mapped = xy @ to_latent[:2, :2].T + to_latent[:2, 2]
-    return mapped[:, [1, 0]].to(torch.float32)  # (y, x)
+    grid = torch.zeros(h, w, 2)  # (x, y) of each token
+    grid[..., 0] += torch.arange(w, dtype=torch.float32)[None, :]
+    grid[..., 1] += torch.arange(h, dtype=torch.float32)[:, None]
+    xy = grid.reshape(-1, 2)  # [h*w, 2]
+    mapped = xy @ to_latent[:2, :2].T + to_latent[:2, -1][None]
+    return mapped[:, [1, 0]]  # (y, x)
 
 
 def text_position_ids(
@@ -178,54 +177,6 @@ def text_position_ids(
     return ids
 
 
-@dataclass(frozen=True)
-class V12Conditioning:
-    """What the v1.2 DiT reads for one or more prompts; rows are padded to the longest row.
-
-    The reference never pads (it encodes each prompt alone and trims it to its valid length);
-    callers that stack rows must cut each row back to `mask.sum()` before the DiT sees it, since
-    the DiT's joint attention does not mask text padding.
-    """
-
-    emb: Tensor  # [B, L, hidden] last hidden state, from token 90 on
-    mask: Tensor  # [B, L] long, 1 for kept tokens
-    txt_ids: Tensor  # [B, L, 3] float32 DiT positions (`text_position_ids`)
-    text_embeds: Tensor  # [B, L, hidden] input embeddings (image features inserted)
-    text_mask: Tensor  # [B, L] long, 1 for characters inside quotes
-
-    @property
-    def lengths(self) -> list[int]:
-        return [int(n) for n in self.mask.sum(dim=1).tolist()]
-
-    def repeat_rows(self, times: int) -> V12Conditioning:
-        def rep(x: Tensor) -> Tensor:
-            return torch.repeat_interleave(x, times, dim=0)
-
-        return V12Conditioning(
-            rep(self.emb), rep(self.mask), rep(self.txt_ids), rep(self.text_embeds),
-            rep(self.text_mask),
-        )  # fmt: skip
-
-
-def stack_conditioning(rows: Sequence[V12Conditioning]) -> V12Conditioning:
-    """Concatenate along the batch, zero-padding every row to the longest one."""
-    length = max(row.mask.shape[1] for row in rows)
-
-    def cat(name: str) -> Tensor:
-        parts = []
-        for row in rows:
-            x: Tensor = getattr(row, name)
-            pad = length - x.shape[1]
-            if pad:
-                x = torch.cat([x, x.new_zeros((x.shape[0], pad, *x.shape[2:]))], dim=1)
-            parts.append(x)
-        return torch.cat(parts)
-
-    return V12Conditioning(
-        cat("emb"), cat("mask"), cat("txt_ids"), cat("text_embeds"), cat("text_mask")
-    )
-
-
 def special_token_strings(tokenizer: Any) -> list[str]:
     """The tokenizer's special tokens, as the reference's `_special_token_strings` lists them."""
     tokens = list(getattr(tokenizer, "additional_special_tokens", None) or [])
@@ -234,8 +185,8 @@ def special_token_strings(tokenizer: Any) -> list[str]:
 
 
 class QwenEditEncoderV12:
-    """`encoder(prompts, images) -> V12Conditioning`: the v1.2 reference's `_get_qwenvl_embeds`
-    followed by its `encode_prompt` (position ids and trimming), one prompt at a time."""
+    """`encoder.encode(prompt, image) -> Conditioning`: the v1.2 reference's
+    `_get_qwenvl_embeds` followed by its `encode_prompt` (position ids and trimming)."""
 
     def __init__(
         self,
@@ -253,8 +204,6 @@ class QwenEditEncoderV12:
         # transformers 5 derives M-RoPE ids from explicit token types; 4.x from the ids.
         rope_params = inspect.signature(model.model.get_rope_index).parameters
         self._rope_takes_token_types = "mm_token_type_ids" in rope_params
-        self._cache: OrderedDict[tuple[str, str], V12Conditioning] = OrderedDict()
-        self._cache_size = 8
 
     @property
     def device(self) -> torch.device:
@@ -325,7 +274,7 @@ class QwenEditEncoderV12:
         return ids
 
     @torch.inference_mode()
-    def encode_one(self, prompt: str, image: Image.Image) -> V12Conditioning:
+    def encode(self, prompt: str, image: Image.Image) -> Conditioning:
         """Conditioning of batch 1 and length min(T - 90, max_length) for one prompt."""
         image = image.convert("RGB")
         input_ids, quoted, pixel_values, grid = self.tokenize(self.render(prompt), image)
@@ -334,9 +283,10 @@ class QwenEditEncoderV12:
         if input_ids.shape[1] - V12_PREFIX_TOKENS > self.max_length:
             # The instruction precedes the image: a window cut inside the image tokens would
             # condition on half a picture. Refuse instead of failing deep in the position ids.
+            tokens = input_ids.shape[1] - V12_PREFIX_TOKENS
             raise InvalidInput(
-                f"the instruction is too long for v1.2: {input_ids.shape[1] - V12_PREFIX_TOKENS} "
-                f"tokens with the image, at most {self.max_length}",
+                f"prompt: the instruction is too long for v1.2: {tokens} tokens with the image, "
+                f"at most {self.max_length}",
                 param="prompt",
             )
 
@@ -371,35 +321,10 @@ class QwenEditEncoderV12:
             (int(grid[0, 1]) // 2, int(grid[0, 2]) // 2),
             image.size,
         )
-        return V12Conditioning(
+        return Conditioning(
             emb=emb,
             mask=torch.ones(1, length, dtype=torch.long, device=self.device),
             txt_ids=txt_ids[None].to(self.device),
             text_embeds=inputs_embeds[:, keep],
             text_mask=quoted[:, keep].to(self.device),
-        )
-
-    def encode_cached(self, prompt: str, image: Image.Image) -> V12Conditioning:
-        """Exact reuse of an earlier encoding (the negative prompt repeats across requests)."""
-        from stepedit.encoder import image_digest
-
-        key = (prompt, image_digest(image))
-        hit = self._cache.get(key)
-        if hit is not None and hit.emb.device == self.device and hit.emb.dtype == self.dtype:
-            self._cache.move_to_end(key)
-            return hit
-        result = self.encode_one(prompt, image)
-        self._cache[key] = result
-        while len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
-        return result
-
-    def clear_cache(self) -> None:
-        self._cache.clear()
-
-    def __call__(self, prompts: list[str], images: list[Image.Image]) -> V12Conditioning:
-        if len(prompts) != len(images):
-            raise ValueError(f"{len(prompts)} prompts but {len(images)} images")
-        return stack_conditioning(
-            [self.encode_one(p, i) for p, i in zip(prompts, images, strict=True)]
         )

@@ -11,17 +11,13 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Literal
 
 import numpy as np
 import torch
 from PIL import Image
 
 from stepedit.errors import InvalidInput
-
-OutputSize = Literal["input", "working"]
-
-SIZE_MULTIPLE = 16  # VAE downsampling (8) times latent patch size (2)
+from stepedit.request import SIZE_MULTIPLE, OutputSize
 
 
 def working_size(width: int, height: int, size_level: int) -> tuple[int, int]:
@@ -72,9 +68,13 @@ def to_tensor(image: Image.Image) -> torch.Tensor:
     return tensor.to(torch.float32).div(255).unsqueeze(0)
 
 
-def to_pil(tensor: torch.Tensor) -> Image.Image:
-    """float [3, H, W] in [0, 1] -> RGB PIL; scaled by 255 and truncated, like torchvision's."""
-    array = tensor.detach().float().cpu().mul(255).to(torch.uint8).permute(1, 2, 0).numpy()
+def to_pil(tensor: torch.Tensor, *, rounding: bool = False) -> Image.Image:
+    """float [3, H, W] in [0, 1] -> RGB PIL, scaled by 255 and truncated like torchvision's
+    `to_pil_image` (the official code), or rounded like diffusers' `numpy_to_pil`."""
+    scaled = tensor.detach().float().cpu().mul(255)
+    if rounding:
+        scaled = scaled.round()
+    array = scaled.to(torch.uint8).permute(1, 2, 0).numpy()
     return Image.fromarray(array)
 
 

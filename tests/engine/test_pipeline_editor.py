@@ -58,7 +58,7 @@ def test_optimize_setting_switches_the_loaded_pipeline(tmp_path: Path) -> None:
         return PipelineEditor.from_settings(settings)
 
     assert load("auto").pipeline.batch_cfg is True  # CPU: as loaded (batched, as the reference)
-    assert load("plain").pipeline.batch_cfg is False  # two forwards
-    assert load("plain+batch_cfg").pipeline.batch_cfg is True
+    assert load("plain").pipeline.batch_cfg is True  # the official layout: one batch of 2
+    assert load("plain-batch_cfg").pipeline.batch_cfg is False  # two forwards
     with pytest.raises(ValueError, match="unknown switch"):
         load("plain+warp_drive")

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from stepedit.model import AE_PRESETS, AutoEncoder, init_random_weights
+from seeded import init_random_weights
+from stepedit.model import AE_PRESETS, AutoEncoder
 
 
 @pytest.fixture(scope="module")
@@ -96,3 +97,23 @@ def test_decode_tiled_stitches_a_pointwise_decoder_exactly(monkeypatch: pytest.M
     monkeypatch.setattr(model, "decode", pointwise)
     z = torch.randn(2, 16, 21, 11)
     torch.testing.assert_close(model.decode_tiled(z, tile=6, overlap=2), pointwise(z))
+
+
+def test_diffusers_arithmetic_is_the_same_function() -> None:
+    """diffusers' AutoencoderKL computes the swish with the silu kernel and the attention block
+    on tokens with Linear projections: the same function, other float rounding (the parity
+    harness checks each against its reference to the last bit)."""
+    model = AutoEncoder(AE_PRESETS["tiny"])
+    init_random_weights(model, torch.Generator().manual_seed(0))
+    model.eval()
+    x = torch.rand(1, 3, 64, 96, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    z = torch.randn(1, 16, 8, 12, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        flux = model.encoder(x), model.decode(z)
+        model.use_diffusers_arithmetic(True)
+        diffusers = model.encoder(x), model.decode(z)
+    keys = list(model.state_dict())
+    model.use_diffusers_arithmetic(False)
+    assert list(model.state_dict()) == keys  # no parameter added or renamed
+    for a, b in zip(flux, diffusers, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)

@@ -1,9 +1,11 @@
 import pytest
 import torch
 
-from stepedit.model import DIT_PRESETS, Step1XEditDiT, init_random_weights
+from seeded import init_random_weights
+from stepedit.model import DIT_PRESETS, Step1XEditDiT
 from stepedit.model.layers import timestep_embedding
-from stepedit.sampling import prepare_ids
+from stepedit.request import VERSIONS
+from stepedit.sampling import prepare_image_ids
 
 B, H, W, L_TXT = 2, 4, 6, 5  # latent 4x6 -> 6 noisy + 6 reference tokens
 
@@ -17,7 +19,8 @@ def tiny(version: str, seed: int = 0) -> Step1XEditDiT:
 def inputs(version: str, seed: int = 1) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     width = DIT_PRESETS[f"tiny-{version}"].connector_in_channels
-    img_ids, txt_ids = prepare_ids(B, H, W, L_TXT, version)  # type: ignore[arg-type]
+    img_ids = prepare_image_ids(B, H, W, VERSIONS[version].reference_positions)  # type: ignore[index]
+    txt_ids = torch.zeros(B, L_TXT, 3)
     mask = torch.ones(B, L_TXT, dtype=torch.long)
     mask[1, 3:] = 0
     t = torch.tensor([0.9, 0.4])

@@ -21,7 +21,13 @@ RETRY = (
     "<#Think> A hat was added but it is blue instead of red; the table and apple are intact."
     "<#Reflection> Change the color of the hat to red."
 )
+# What the next round is conditioned on: everything after the tag, its leading space included.
+RETRY_INSTRUCTION = " Change the color of the hat to red."
 FAILED = "<#Think> The whole background was replaced by a forest; it cannot be repaired.<#Failed>"
+OTHERS = "<#Think> The request is not an edit of this image.<#Others>"
+# Answers the reference cannot read, so it asks again.
+MALFORMED = "The edit looks fine to me."
+NOT_JSON = "I would give it an eight."
 
 
 def score_json(a: float, b: float) -> str:

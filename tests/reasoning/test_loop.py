@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import random
 from collections.abc import Callable
 
 import pytest
 from PIL import Image
 
 from stepedit.reasoning import (
+    MAX_ASKS,
     Judgement,
     ReasoningOptions,
     ReasoningResult,
@@ -20,20 +22,33 @@ from stepedit.reasoning import (
 from stepedit.reasoning.loop import select_best
 from stepedit.reasoning.prompts import REFLECT_SYSTEM
 
-from .scripted import FAILED, RETRY, SUCCESS, ScriptedMLLM, score_json
+from .scripted import (
+    FAILED,
+    MALFORMED,
+    NOT_JSON,
+    OTHERS,
+    RETRY,
+    RETRY_INSTRUCTION,
+    SUCCESS,
+    ScriptedMLLM,
+    score_json,
+)
 
 REWRITTEN = "Add a red straw hat on the table next to the apple."
 
 
 class FakeDiffusion:
-    """A deterministic 'edit': the output colour is a hash of (input pixels, instruction, seed)."""
+    """A deterministic 'edit': the output colour is a hash of (input pixels, instruction, noise),
+    the noise drawn from one stream seeded once, as the pipeline's rounds draw theirs."""
 
-    def __init__(self) -> None:
-        self.calls: list[tuple[bytes, str, int]] = []
+    def __init__(self, seed: int = 0) -> None:
+        self.stream = random.Random(seed)
+        self.calls: list[tuple[bytes, str, int]] = []  # (input pixels, instruction, noise)
 
-    def __call__(self, image: Image.Image, instruction: str, seed: int) -> Image.Image:
-        self.calls.append((image.tobytes(), instruction, seed))
-        digest = hashlib.sha256(image.tobytes() + instruction.encode() + seed.to_bytes(8)).digest()
+    def __call__(self, image: Image.Image, instruction: str) -> Image.Image:
+        noise = self.stream.getrandbits(64)
+        self.calls.append((image.tobytes(), instruction, noise))
+        digest = hashlib.sha256(image.tobytes() + instruction.encode() + noise.to_bytes(8)).digest()
         return Image.new("RGB", image.size, tuple(digest[:3]))
 
 
@@ -43,7 +58,7 @@ def run(
     seed: int = 42,
     max_rounds: int = 3,
 ) -> tuple[FakeDiffusion, ReasoningResult]:
-    diffusion = FakeDiffusion()
+    diffusion = FakeDiffusion(seed)
     options = ReasoningOptions(max_rounds=max_rounds)
     result = run_reasoning_edit(Thinker(mllm), diffusion, source, "hat pls", seed, options)
     return diffusion, result
@@ -110,13 +125,14 @@ def test_a_retry_verdict_edits_the_candidate_again_with_the_correction(
     rounds = result.rounds
     assert len(rounds) == 2
     assert [judged(r).verdict.kind for r in rounds] == ["retry", "success"]
-    assert rounds[1].instruction == "Change the color of the hat to red."
+    assert rounds[1].instruction == RETRY_INSTRUCTION  # verbatim, leading space included
+    assert diffusion.calls[1][1] == RETRY_INSTRUCTION
     assert rounds[1].edits == "previous"
     assert diffusion.calls[1][0] == rounds[0].image.tobytes()  # round 2 edits round 1's output
     # Every verdict is judged against the source and the thinking instruction.
     reflect_prompts = [c[1].parts[-1] for c in mllm.seen if c[0].parts[0] == REFLECT_SYSTEM]
     assert all(REWRITTEN in str(text) for text in reflect_prompts)
-    assert [r.seed for r in rounds] == [42, 43]
+    assert [r.seed for r in rounds] == [42, 42]  # the run's seed: one stream for all rounds
 
 
 @pytest.mark.parametrize("max_rounds", [1, 2, 3, 5])
@@ -145,8 +161,9 @@ def test_failed_starts_over_from_the_source(
     rounds = result.rounds
     assert rounds[1].edits == "source"
     assert rounds[1].instruction == REWRITTEN
-    assert diffusion.calls[1][0] == source.tobytes()
-    assert diffusion.calls[1][2] == 43  # a new seed, so a different candidate
+    assert diffusion.calls[1][:2] == diffusion.calls[0][:2]  # same image, same instruction
+    # ... but the stream has moved on: a different candidate.
+    assert rounds[1].image.tobytes() != rounds[0].image.tobytes()
 
 
 def test_the_best_scoring_candidate_is_returned(
@@ -177,32 +194,83 @@ def test_ties_prefer_success_then_the_later_candidate(
     assert result.best_index == 1
 
 
+def tie(first: str, second: str, scripted: Callable[..., ScriptedMLLM], source: Image.Image) -> int:
+    """select_best over two equally scored one-round runs whose verdicts are `first`, `second`."""
+    _, a = run(scripted(reflect=[first]), source, max_rounds=1)
+    _, b = run(scripted(reflect=[second]), source, max_rounds=1)
+    rounds = [a.rounds[0], dataclasses.replace(b.rounds[0], index=1)]
+    assert judged(rounds[0]).selection_score == judged(rounds[1]).selection_score
+    return select_best(rounds)
+
+
 def test_a_success_tie_beats_a_later_plain_one(
     scripted: Callable[..., ScriptedMLLM], source: Image.Image
 ) -> None:
-    success = scripted(reflect=[SUCCESS])
-    retry = scripted(reflect=[RETRY])
-    _, first = run(success, source, max_rounds=1)
-    _, second = run(retry, source, max_rounds=1)
-    rounds = [first.rounds[0], dataclasses.replace(second.rounds[0], index=1)]
-    assert judged(rounds[0]).selection_score == judged(rounds[1]).selection_score
-    assert select_best(rounds) == 0
+    assert tie(SUCCESS, RETRY, scripted, source) == 0
+    assert tie(SUCCESS, SUCCESS, scripted, source) == 1
+
+
+def test_others_does_not_win_ties(
+    scripted: Callable[..., ScriptedMLLM], source: Image.Image
+) -> None:
+    """<#Others> ends the rounds like <#Success>, but only <#Success> wins a tie (reference)."""
+    assert tie(OTHERS, RETRY, scripted, source) == 1
+    assert tie(RETRY, OTHERS, scripted, source) == 1
+
+
+def test_scores_below_minus_one_never_win(
+    scripted: Callable[..., ScriptedMLLM], source: Image.Image
+) -> None:
+    """The reference starts its best score at -1: a lower score cannot displace candidate 0."""
+    mllm = scripted(reflect=[RETRY], edit_score=[score_json(-3, 3), score_json(-2, -2)])
+    _, result = run(mllm, source, max_rounds=2)
+    assert [judged(r).selection_score for r in result.rounds] == [-21.0, -14.0]
+    assert result.best_index == 0
+
+
+def test_an_unreadable_verdict_is_asked_again_in_the_same_round(
+    scripted: Callable[..., ScriptedMLLM], source: Image.Image
+) -> None:
+    mllm = scripted(reflect=[MALFORMED, RETRY, SUCCESS])
+    diffusion, result = run(mllm, source)
+    assert len(diffusion.calls) == 2
+    assert [judged(r).verdict.kind for r in result.rounds] == ["retry", "success"]
+    assert mllm.count("reflect") == 3
 
 
 @pytest.mark.parametrize(
-    "answer", ["", "The edit is fine.", "<#Think> hmm", "<#Think> a <#Success> <#Failed>"]
+    "answer",
+    [
+        "",
+        "The edit is fine.",
+        "<#Think> hmm",
+        "<#Think> a <#Success> <#Failed>",
+        "<#Think> <#Reflection>",
+    ],
 )
-def test_a_malformed_verdict_accepts_the_current_candidate(
+def test_no_readable_verdict_starts_over_from_the_source(
     scripted: Callable[..., ScriptedMLLM], source: Image.Image, answer: str
 ) -> None:
-    mllm = scripted(reflect=[answer], edit_score=["not json"], quality_score=[""])
+    mllm = scripted(reflect=[answer, answer], edit_score=[NOT_JSON], quality_score=[""])
+    diffusion, result = run(mllm, source, max_rounds=2)
+    assert mllm.count("reflect") == 2 * MAX_ASKS
+    assert mllm.count("edit_score") == 2 * MAX_ASKS
+    first = judged(result.rounds[0])
+    assert first.verdict.kind == "failed" and first.verdict.raw == answer
+    assert first.selection_score == 0.0
+    assert result.rounds[1].edits == "source"
+    assert diffusion.calls[1][0] == source.tobytes()
+
+
+def test_no_readable_consistency_fails_the_round_without_a_verdict(
+    scripted: Callable[..., ScriptedMLLM], source: Image.Image
+) -> None:
+    mllm = scripted(consistency=[NOT_JSON])
     diffusion, result = run(mllm, source)
-    assert len(diffusion.calls) == 1
-    judgement = judged(result.rounds[0])
-    assert judgement.verdict.kind == "malformed"
-    assert judgement.verdict.raw == answer
-    assert judgement.selection_score == 0.0
-    assert result.image is result.rounds[0].image
+    assert len(result.rounds) == 3  # every round <#Failed>, each restarting from the source
+    assert mllm.count("reflect") == 0
+    assert mllm.count("consistency") == 3 * MAX_ASKS
+    assert all(call[0] == source.tobytes() for call in diffusion.calls)
 
 
 def test_empty_answers_everywhere_do_not_crash(
@@ -218,8 +286,9 @@ def test_empty_answers_everywhere_do_not_crash(
         quality_score=empty,
     )
     diffusion, result = run(mllm, source)
-    assert diffusion.calls[0][1] == "hat pls"  # nothing to rewrite with: the instruction stays
-    assert len(result.rounds) == 1
+    # deviation "empty-thinking": nothing to rewrite with, the instruction stays
+    assert diffusion.calls[0][1] == "hat pls"
+    assert [judged(r).verdict.kind for r in result.rounds] == ["failed"] * 3
 
 
 def test_same_seed_reproduces_the_whole_run(

@@ -1,4 +1,8 @@
-"""Parsing of real-looking MLLM answers: tagged verdicts, consistency JSON, selection scores."""
+"""Reading real-looking MLLM answers: tagged verdicts, consistency JSON, selection scores.
+
+What the reference cannot read (and so asks again) must be unreadable here too, and what it
+reads must read the same: the parity harness compares the resulting control flow.
+"""
 
 from __future__ import annotations
 
@@ -6,28 +10,39 @@ import pytest
 
 from stepedit.reasoning.verdicts import (
     extract_json_object,
+    no_verdict,
     parse_consistency,
     parse_score_pair,
     parse_verdict,
+    unscored,
 )
 
-from .scripted import CONSISTENCY_JSON, FAILED, RETRY, SUCCESS, score_json
+from .scripted import (
+    CONSISTENCY_JSON,
+    FAILED,
+    OTHERS,
+    RETRY,
+    RETRY_INSTRUCTION,
+    SUCCESS,
+    score_json,
+)
 
 
 def test_success_verdict() -> None:
     verdict = parse_verdict(SUCCESS)
     assert verdict.kind == "success"
-    assert verdict.is_success
+    assert verdict.is_tagged_success
     assert verdict.thought.startswith("The hat is present")
     assert verdict.instruction is None
     assert verdict.raw == SUCCESS
 
 
-def test_reflection_verdict_carries_the_corrected_instruction() -> None:
+def test_reflection_verdict_carries_the_corrected_instruction_verbatim() -> None:
     verdict = parse_verdict(RETRY)
     assert verdict.kind == "retry"
-    assert verdict.instruction == "Change the color of the hat to red."
+    assert verdict.instruction == RETRY_INSTRUCTION  # leading space kept, as the reference
     assert "blue instead of red" in verdict.thought
+    assert not verdict.is_tagged_success
 
 
 def test_failed_verdict() -> None:
@@ -36,16 +51,26 @@ def test_failed_verdict() -> None:
     assert verdict.instruction is None
 
 
-def test_others_counts_as_success_like_the_reference() -> None:
-    verdict = parse_verdict("<#Think> The request is not an edit of this image.<#Others>")
+def test_others_ends_the_rounds_but_is_not_a_tagged_success() -> None:
+    verdict = parse_verdict(OTHERS)
     assert verdict.kind == "success"
+    assert not verdict.is_tagged_success
 
 
-def test_chatter_before_think_and_multiline_is_accepted() -> None:
+def test_chatter_before_think_is_dropped_and_the_instruction_is_kept_as_written() -> None:
     text = "Sure, my review:\n```\n<#Think> Looks fine.\n\n<#Reflection>\nMake the sky bluer.\n```"
     verdict = parse_verdict(text)
     assert verdict.kind == "retry"
-    assert verdict.instruction == "Make the sky bluer."  # the closing code fence is not part of it
+    assert verdict.thought == "Looks fine."
+    assert verdict.instruction == "\nMake the sky bluer.\n```"
+
+
+def test_two_think_tags_read_as_failed_not_asked_again() -> None:
+    """The reference's check accepts it, then its `format_text` cannot read it: a restart."""
+    verdict = parse_verdict("<#Think> a <#Think> b <#Success>")
+    assert verdict.kind == "failed" and verdict.is_readable
+    assert verdict.problem is not None and "more than one <#Think>" in verdict.problem
+    assert verdict.is_tagged_success  # the selection's tie-break still sees the tag
 
 
 @pytest.mark.parametrize(
@@ -53,23 +78,27 @@ def test_chatter_before_think_and_multiline_is_accepted() -> None:
     [
         ("", "missing <#Think>"),
         ("The edit looks good. <#Success>", "missing <#Think>"),
-        ("<#Think> fine <#Think> fine", "more than one <#Think>"),
+        ("<#Think> fine <#Think> fine", "found 0"),
         ("<#Think> I am not sure what to say.", "found 0"),
         ("<#Think> half done <#Success> <#Reflection> add a hat", "found 2"),
         ("<#Think> x <#Reflection> a <#Reflection> b", "more than once"),
+        ("<#Success> <#Think> ok", "before <#Think>"),
+        # deviation "blank-reflection": the reference would edit with an empty instruction
+        ("<#Think> needs more work <#Reflection>", "without an instruction"),
         ("<#Think> needs more work <#Reflection>   ", "without an instruction"),
     ],
 )
-def test_malformed_verdicts_never_raise_and_keep_the_raw_text(text: str, problem: str) -> None:
+def test_unreadable_verdicts_never_raise_and_keep_the_raw_text(text: str, problem: str) -> None:
     verdict = parse_verdict(text)
-    assert verdict.kind == "malformed"
+    assert verdict.kind == "malformed" and not verdict.is_readable
     assert verdict.raw == text
     assert verdict.problem is not None and problem in verdict.problem
-    assert not verdict.is_success
 
 
-def test_outcome_tag_before_think_is_malformed() -> None:
-    assert parse_verdict("<#Success> <#Think> ok").kind == "malformed"
+def test_no_verdict_is_the_references_failed_fallback() -> None:
+    verdict = no_verdict("no readable verdict in 20 asks", "hmm")
+    assert verdict.kind == "failed" and verdict.raw == "hmm"
+    assert not verdict.is_tagged_success
 
 
 def test_consistency_caps_follow_the_reference() -> None:
@@ -93,25 +122,39 @@ def test_consistency_caps_follow_the_reference() -> None:
     refused = parse_consistency('{"meets_instruction": "no", "raw_score": 8}')
     assert refused is not None and refused.score == 2.0
 
+    capped = parse_consistency('{"meets_instruction": "yes", "raw_score": 14}')
+    assert capped is not None and capped.score == 10.0
+
 
 @pytest.mark.parametrize(
     "text",
-    ["", "no json here", '{"raw_score": 7', '{"raw_score": "high"}', '{"major_conflicts": "x"}'],
+    [
+        "",
+        "no json here",
+        '{"raw_score": 7',
+        '{"raw_score": "high"}',
+        '{"major_conflicts": "x"}',
+        '{"raw_score": 7, "minor_conflicts": "a few"}',  # the reference reads it too
+        '{"raw_score": null}',
+    ],
 )
 def test_unreadable_consistency_is_none(text: str) -> None:
     assert parse_consistency(text) is None
 
 
-def test_score_pair_in_a_code_fence() -> None:
-    pair = parse_score_pair(score_json(7, 4))
-    assert pair.is_parsed
+@pytest.mark.parametrize(
+    "text",
+    [
+        score_json(7, 4),
+        '{"score": [7, 4], "reasoning": "x"}',
+        '```\n{"score": [7, 4], "reasoning": "x"}\n```',
+    ],
+)
+def test_score_pair_bare_or_fenced(text: str) -> None:
+    pair = parse_score_pair(text)
+    assert pair is not None and pair.is_parsed
     assert pair.values == (7.0, 4.0)
     assert pair.worst == 4.0
-
-
-def test_score_pair_with_surrounding_text() -> None:
-    pair = parse_score_pair('Here you go: {"score": [6, 8], "reasoning": "fine"} Thanks!')
-    assert pair.is_parsed and pair.worst == 6.0
 
 
 @pytest.mark.parametrize(
@@ -120,16 +163,20 @@ def test_score_pair_with_surrounding_text() -> None:
         "",
         '{"score": [7, 8]}',  # no reasoning
         '{"score": 7, "reasoning": "x"}',  # not a list
+        'Here you go: {"score": [6, 8], "reasoning": "fine"}',  # chatter: the reference re-asks
+        '```json\n{"score": [7, 8], "reasoning": "cut off',
+        # the reference accepts these, then crashes on them in its selection
         '{"score": [], "reasoning": "x"}',
         '{"score": ["good", 3], "reasoning": "x"}',
-        '```json\n{"score": [7, 8], "reasoning": "cut off',
     ],
 )
-def test_unreadable_score_pair_ranks_last(text: str) -> None:
-    pair = parse_score_pair(text)
-    assert not pair.is_parsed
-    assert pair.values == (0.0, 0.0)
-    assert pair.raw == text
+def test_unreadable_score_pair_is_none(text: str) -> None:
+    assert parse_score_pair(text) is None
+
+
+def test_unscored_is_zero_zero() -> None:
+    pair = unscored("no readable edit score in 20 asks", "eight")
+    assert pair.values == (0.0, 0.0) and not pair.is_parsed and pair.raw == "eight"
 
 
 def test_extract_json_object_rejects_arrays() -> None:

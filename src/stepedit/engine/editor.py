@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 from PIL import Image, ImageOps
 
-from stepedit.request import EditRequest
+from stepedit.request import EditRequest, Pass
 
 # (step, total_steps, stage) -> None. It may raise to abort the edit (cancellation).
 ProgressCallback = Callable[[int, int, str], None]
@@ -24,7 +24,7 @@ class EditorResult:
     images: list[Image.Image]
     seeds: list[int]  # seeds[i] produced images[i]
     prompt: str  # the instruction the model was conditioned on
-    passes: list[str]  # which passes ran ("edit", "thinking", "reflection", ...)
+    passes: list[str]  # which passes ran (`stepedit.request.Pass` names)
     inference_s: float  # measured device time
     stages_s: dict[str, float] = field(default_factory=dict)
     # Reasoning record for the job (original/rewritten prompt, rounds with verdicts), or None.
@@ -71,6 +71,6 @@ class FakeEditor:
             images=[edited.copy() for _ in range(request.num_images)],
             seeds=[request.seed + i for i in range(request.num_images)],
             prompt=request.prompt,
-            passes=["edit"],
+            passes=[Pass.DIFFUSION],
             inference_s=time.perf_counter() - started,
         )

@@ -14,7 +14,7 @@ from PIL import Image
 
 from stepedit.engine.editor import EditorResult, ProgressCallback
 from stepedit.pipeline import EditOutput, EditPipeline, PipelineProgress
-from stepedit.request import EditRequest
+from stepedit.request import EditRequest, Pass
 from stepedit.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -34,22 +34,37 @@ class PipelineEditor:
         self.pipeline = pipeline
         self.device = device
         self.model_version = pipeline.version
+        # What apply_optimizations set up and checked (JSON-ready, for /health); None: as loaded.
+        self.optimizations: dict[str, Any] | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PipelineEditor:
         if not settings.model:
             raise ValueError("no model source given (--model or STEPEDIT_MODEL)")
-        device = torch.device(settings.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        from stepedit.acceleration.config import plan_optimizations
+        from stepedit.pipeline import default_device
+
+        device = torch.device(settings.device) if settings.device else default_device()
         dtype = _DTYPES[settings.dtype.lower()] if settings.dtype else None
+        plan = plan_optimizations(
+            settings.optimize, offload=settings.offload, device_type=device.type
+        )
         pipeline = EditPipeline.from_pretrained(
             settings.model,
             device=device,
             dtype=dtype,
-            offload=settings.offload,
+            offload=plan.load_on_host,
             version=settings.model_version,
+            text_encoder=settings.text_encoder,
+            download=settings.download,
         )
-        apply_speed_switches(pipeline, settings.optimize, device)
-        return cls(pipeline, device)
+        editor = cls(pipeline, device)
+        editor.optimizations = apply_speed_switches(pipeline, plan.mode or "auto", device)
+        if settings.loras:  # after the switches: merged into plain weights, paths otherwise
+            from stepedit.weights.lora import load_loras, parse_lora_specs
+
+            load_loras(pipeline, parse_lora_specs(settings.loras))
+        return editor
 
     def edit(
         self, request: EditRequest, image: Image.Image, on_progress: ProgressCallback
@@ -61,22 +76,7 @@ class PipelineEditor:
         started = time.perf_counter()
         if request.enhance_only:
             return self._enhance_only(request, image, started)
-        output = self.pipeline(
-            image,
-            request.prompt,
-            negative_prompt=request.negative_prompt,
-            num_inference_steps=request.num_inference_steps,
-            guidance_scale=request.guidance_scale,
-            seed=request.seed,
-            num_images=request.num_images,
-            size_level=request.size_level,
-            strength=request.strength,
-            output_size=request.output_size,
-            enhance_prompt=request.enhance_prompt,
-            enable_thinking=request.enable_thinking,
-            enable_reflection=request.enable_reflection,
-            callback=callback,
-        )
+        output = self.pipeline(image, request, callback=callback)
         self._synchronize()  # device time, not launch time
         return EditorResult(
             images=list(output.images),
@@ -92,13 +92,15 @@ class PipelineEditor:
         self, request: EditRequest, image: Image.Image, started: float
     ) -> EditorResult:
         """POST /v1/prompt/enhance: the enhancer alone; the job's prompt_used is its answer."""
-        enhanced = self.pipeline.enhance(request.prompt, image if request.enhance_image else None)
+        enhanced = self.pipeline.enhance(
+            request.prompt, image if request.enhance_image else None, seed=request.seed
+        )
         seconds = time.perf_counter() - started
         return EditorResult(
             images=[],
             seeds=[],
             prompt=enhanced,
-            passes=["enhance"],
+            passes=[Pass.ENHANCE],
             inference_s=seconds,
             stages_s={"enhance": seconds},
             reasoning={"original_prompt": request.prompt, "prompt": enhanced, "rounds": []},
@@ -111,7 +113,7 @@ class PipelineEditor:
 
 def reasoning_record(output: EditOutput) -> dict[str, Any] | None:
     """What the job record keeps of the MLLM passes; None for a plain edit."""
-    if output.passes == ["diffusion"]:
+    if output.passes == [Pass.DIFFUSION]:
         return None
     return {
         "original_prompt": output.original_prompt,
@@ -121,18 +123,27 @@ def reasoning_record(output: EditOutput) -> dict[str, Any] | None:
     }
 
 
-def apply_speed_switches(pipeline: EditPipeline, optimize: str, device: torch.device) -> None:
-    """Apply the `optimize` mode (see stepedit.acceleration) to a freshly loaded pipeline.
+def apply_speed_switches(
+    pipeline: EditPipeline, optimize: str, device: torch.device
+) -> dict[str, Any] | None:
+    """Apply the `optimize` mode (see stepedit.acceleration) to a freshly loaded pipeline and
+    warm compiled blocks up; returns the summary of what runs (None: left as loaded).
 
     "auto" is the exact preset on CUDA and leaves a CPU pipeline as loaded.
     """
     from stepedit.acceleration import apply_optimizations
     from stepedit.acceleration.config import parse_mode
+    from stepedit.acceleration.warmup import warm_up
 
     mode = optimize
     if mode == "auto":
         if device.type != "cuda":
-            return  # the pipeline as loaded: the reference's batched CFG, eager blocks
+            return None  # the pipeline as loaded: the reference's batched CFG, eager blocks
         mode = "exact"
     applied = apply_optimizations(pipeline, parse_mode(mode))
-    logger.info("speed switches (%s): %s", mode, applied.summary())
+    summary = applied.summary()
+    if applied.compiled_blocks:
+        summary["warmup"] = warm_up(pipeline)  # compile now, not during a user's edit
+    summary["mode"] = mode
+    logger.info("speed switches (%s): %s", mode, summary)
+    return summary

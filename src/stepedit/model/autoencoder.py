@@ -14,8 +14,16 @@ from torch import Tensor, nn
 from stepedit.model.presets import AutoEncoderConfig
 
 
-def swish(x: Tensor) -> Tensor:
-    return x * torch.sigmoid(x)
+class Swish(nn.Module):
+    """x * sigmoid(x), as FLUX writes it; `fused` computes it with torch's silu kernel instead,
+    as diffusers' AutoencoderKL does (`AutoEncoder.use_diffusers_arithmetic`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fused = False
+
+    def forward(self, x: Tensor) -> Tensor:
+        return nn.functional.silu(x) if self.fused else x * torch.sigmoid(x)
 
 
 def _group_norm(channels: int) -> nn.GroupNorm:
@@ -33,7 +41,13 @@ class AttnBlock(nn.Module):
         self.v = nn.Conv2d(in_channels, in_channels, kernel_size=1)
         self.proj_out = nn.Conv2d(in_channels, in_channels, kernel_size=1)
 
+        # diffusers' AutoencoderKL computes the same block on [B, HW, C] tokens with Linear
+        # projections: equal math, other float rounding (see AutoEncoder.use_diffusers_arithmetic).
+        self.tokens_first = False
+
     def forward(self, x: Tensor) -> Tensor:
+        if self.tokens_first:
+            return self._forward_tokens(x)
         h = self.norm(x)
         height, width = h.shape[-2:]
         q = rearrange(self.q(h), "b c h w -> b 1 (h w) c").contiguous()
@@ -42,6 +56,20 @@ class AttnBlock(nn.Module):
         h = nn.functional.scaled_dot_product_attention(q, k, v)  # [B, 1, HW, C]
         h = rearrange(h, "b 1 (h w) c -> b c h w", h=height, w=width)
         return x + self.proj_out(h)
+
+    def _forward_tokens(self, x: Tensor) -> Tensor:
+        batch, channels, height, width = x.shape
+        tokens = x.view(batch, channels, height * width)
+        h = self.norm(tokens).transpose(1, 2)  # [B, HW, C]
+
+        def project(conv: nn.Conv2d, t: Tensor) -> Tensor:
+            return nn.functional.linear(t, conv.weight.view(channels, channels), conv.bias)
+
+        q, k, v = (project(conv, h).view(batch, -1, 1, channels).transpose(1, 2)
+                   for conv in (self.q, self.k, self.v))  # fmt: skip
+        h = nn.functional.scaled_dot_product_attention(q, k, v)  # [B, 1, HW, C]
+        h = project(self.proj_out, h.transpose(1, 2).reshape(batch, -1, channels))
+        return h.transpose(-1, -2).reshape(batch, channels, height, width) + x
 
 
 class ResnetBlock(nn.Module):
@@ -56,10 +84,11 @@ class ResnetBlock(nn.Module):
         self.nin_shortcut: nn.Conv2d | None = None
         if in_channels != out_channels:
             self.nin_shortcut = nn.Conv2d(in_channels, out_channels, kernel_size=1)
+        self.swish = Swish()
 
     def forward(self, x: Tensor) -> Tensor:
-        h = self.conv1(swish(self.norm1(x)))
-        h = self.conv2(swish(self.norm2(h)))
+        h = self.conv1(self.swish(self.norm1(x)))
+        h = self.conv2(self.swish(self.norm2(h)))
         if self.nin_shortcut is not None:
             x = self.nin_shortcut(x)
         return x + h
@@ -151,6 +180,7 @@ class Encoder(nn.Module):
         self.norm_out = _group_norm(block_in)
         # Mean and log-variance of the posterior, stacked on channels.
         self.conv_out = nn.Conv2d(block_in, 2 * config.z_channels, kernel_size=3, padding=1)
+        self.swish = Swish()
 
     def forward(self, x: Tensor) -> Tensor:
         """x [B, 3, H, W] -> moments [B, 2 * z, H/8, W/8]."""
@@ -158,7 +188,7 @@ class Encoder(nn.Module):
         for level in self.down:
             h = level(h)
         h = self.mid(h)
-        return self.conv_out(swish(self.norm_out(h)))
+        return self.conv_out(self.swish(self.norm_out(h)))
 
 
 class Decoder(nn.Module):
@@ -178,13 +208,14 @@ class Decoder(nn.Module):
         self.up = nn.ModuleList(levels)
         self.norm_out = _group_norm(block_in)
         self.conv_out = nn.Conv2d(block_in, config.out_ch, kernel_size=3, stride=1, padding=1)
+        self.swish = Swish()
 
     def forward(self, z: Tensor) -> Tensor:
         """z [B, z, h, w] -> image [B, 3, 8h, 8w]."""
         h = self.mid(self.conv_in(z))
         for level in reversed(self.up):
             h = level(h)
-        return self.conv_out(swish(self.norm_out(h)))
+        return self.conv_out(self.swish(self.norm_out(h)))
 
 
 class AutoEncoder(nn.Module):
@@ -195,6 +226,17 @@ class AutoEncoder(nn.Module):
         self.decoder = Decoder(config)
         self.scale_factor = config.scale_factor
         self.shift_factor = config.shift_factor
+
+    def use_diffusers_arithmetic(self, enabled: bool) -> None:
+        """Compute as diffusers' AutoencoderKL does (the swish by torch's silu kernel, the
+        attention block on tokens with Linear projections) or as FLUX's code (x * sigmoid(x),
+        1x1 convolutions). The same function; each reference is matched to the last bit only
+        by its own arithmetic."""
+        for module in self.modules():
+            if isinstance(module, Swish):
+                module.fused = enabled
+            elif isinstance(module, AttnBlock):
+                module.tokens_first = enabled
 
     def encode(
         self, x: Tensor, *, sample: bool = True, generator: torch.Generator | None = None

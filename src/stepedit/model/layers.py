@@ -208,27 +208,3 @@ class LastLayer(nn.Module):
         shift, scale = self.adaLN_modulation(vec).chunk(2, dim=1)
         x = (1 + scale[:, None, :]) * self.norm_final(x) + shift[:, None, :]
         return self.linear(x)
-
-
-@torch.no_grad()
-def init_random_weights(module: nn.Module, generator: torch.Generator, std: float = 0.02) -> None:
-    """Fill every parameter of `module` deterministically from `generator`.
-
-    Works on a module materialised from the meta device (`module.to_empty(device=...)`): values are
-    drawn on the CPU in float32 and copied, so a seed gives the same weights on any device/dtype.
-    Linear/conv weights ~ N(0, std), biases 0, norm weights 1, anything named `scale_factor`
-    keeps the value the reference creates it with.
-    """
-    from stepedit.model.connector import SCALE_FACTOR_INIT
-
-    for name, param in module.named_parameters():
-        leaf = name.rsplit(".", 1)[-1]
-        if leaf == "scale_factor":
-            value = torch.full(param.shape, SCALE_FACTOR_INIT)
-        elif leaf == "bias":
-            value = torch.zeros(param.shape)
-        elif leaf == "scale" or param.ndim == 1:
-            value = torch.ones(param.shape)  # RMSNorm.scale, LayerNorm/GroupNorm weight
-        else:
-            value = torch.randn(param.shape, generator=generator) * std
-        param.copy_(value.to(device=param.device, dtype=param.dtype))

@@ -8,9 +8,8 @@ with 32 groups) at a size that runs in milliseconds on a CPU, for tests and `dum
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
-ModelVersion = Literal["v1.0", "v1.1", "v1.2"]
+from stepedit.request import ModelVersion
 
 # Hidden size of the tiny Qwen2.5-VL used with the tiny presets (the real 7B model has 3584).
 TINY_QWEN_HIDDEN = 64

@@ -1,4 +1,4 @@
-"""A tiny random-weight Qwen2.5-VL and a tiny Qwen-style tokenizer, for CPU tests.
+"""A tiny random-weight Qwen2.5-VL and a tiny Qwen-style tokenizer, for `dummy:tiny-*` sources.
 
 Everything is transformers' own Qwen2.5-VL code (config, model, processor, the slow PIL image
 processor); only the sizes are small. The tokenizer is a byte-level BPE over the 256 byte symbols
@@ -25,6 +25,7 @@ from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLIm
 from transformers.tokenization_utils_base import AddedToken
 
 from stepedit.model.presets import TINY_QWEN_HIDDEN
+from stepedit.model.qwen import CHAT_TEMPLATE, ImageTextProcessor
 
 logger = logging.getLogger(__name__)
 
@@ -46,31 +47,7 @@ SPECIAL_TOKENS = (
     "<|video_pad|>",
 )
 
-# Qwen2.5-VL-Instruct's chat template: a default system turn when the conversation has none,
-# "Picture N: " before each image when add_vision_id is set, and the assistant header last.
-CHAT_TEMPLATE = (
-    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
-    "{% for message in messages %}"
-    "{% if loop.first and message['role'] != 'system' %}"
-    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
-    "{% endif %}"
-    "<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
-    "{% else %}{% for content in message['content'] %}"
-    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
-    "{% set image_count.value = image_count.value + 1 %}"
-    "{% if add_vision_id %}Picture {{ image_count.value }}: {% endif %}"
-    "<|vision_start|><|image_pad|><|vision_end|>"
-    "{% elif content['type'] == 'video' or 'video' in content %}"
-    "{% set video_count.value = video_count.value + 1 %}"
-    "{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}"
-    "<|vision_start|><|video_pad|><|vision_end|>"
-    "{% elif 'text' in content %}{{ content['text'] }}"
-    "{% endif %}{% endfor %}<|im_end|>\n"
-    "{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-
+TINY_MAX_NEW_TOKENS = 12
 # The reference's processor bounds: the image is resized to 256..324 merged 28x28 tokens.
 MIN_PIXELS = 256 * 28 * 28
 MAX_PIXELS = 324 * 28 * 28
@@ -123,23 +100,6 @@ def build_tiny_tokenizer() -> Qwen2Tokenizer:
     tokenizer.model_max_length = 32768
     tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer
-
-
-class ImageTextProcessor(Qwen2_5_VLProcessor):
-    """Qwen2.5-VL's processor without the video processor.
-
-    transformers' video processors need torchvision, which stepedit does not depend on; Step1X-Edit
-    never feeds videos. Text and image handling are the parent's, unchanged.
-    """
-
-    def __init__(
-        self,
-        image_processor: Qwen2VLImageProcessorPil | None = None,
-        tokenizer: Qwen2Tokenizer | None = None,
-        chat_template: str | None = None,
-        **kwargs: object,
-    ) -> None:
-        super().__init__(image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
 
 
 def build_tiny_processor() -> ImageTextProcessor:
@@ -210,6 +170,9 @@ def build_tiny_qwen(
     finally:
         torch.random.set_rng_state(generator_state)
     model.eval().requires_grad_(False)
+    # Its text is noise that rarely ends: cap what a reasoning pass asks of it (the pipeline
+    # reads the cap), so a test of the passes takes seconds on any machine.
+    model.generation_config.max_new_tokens = TINY_MAX_NEW_TOKENS
     return model, processor
 
 
@@ -222,21 +185,3 @@ def save_tiny_qwen(
     directory = Path(directory)
     model.save_pretrained(directory)
     processor.save_pretrained(directory)
-
-
-def load_qwen(
-    directory: str | Path, *, dtype: torch.dtype = torch.float32
-) -> tuple[Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor]:
-    """Load a Qwen2.5-VL folder (tiny or real) with the PIL image processor (no torchvision)."""
-    directory = Path(directory)
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-        directory, dtype=dtype, attn_implementation="sdpa"
-    )
-    model.eval().requires_grad_(False)
-    tokenizer = Qwen2Tokenizer.from_pretrained(directory)
-    image_processor = Qwen2VLImageProcessorPil.from_pretrained(directory)
-    chat_template = tokenizer.chat_template or CHAT_TEMPLATE
-    processor = ImageTextProcessor(
-        image_processor=image_processor, tokenizer=tokenizer, chat_template=chat_template
-    )
-    return model, processor

@@ -1,22 +1,33 @@
 """Text generation on the loaded Qwen2.5-VL for the reasoning passes (a `TextGenerator`).
 
-Mirrors how the reference's reasoning client feeds the MLLM (Peyton-Chen/diffusers@c69df6bd,
-pipeline_step1x_edit_thinker.py, `QwenGenerativeAIClient.call_model`): the chat template without
-"Picture N:" labels, each image resized as qwen_vl_utils does and then bounded by the processor to
-262144..802816 pixels. Unlike the reference (top-p 0.9, temperature 0.7 sampling, always at most
-128 new tokens), decoding is greedy by default and bounded by the caller's `max_new_tokens`, so a
-fixed seed reproduces the whole edit.
+Mirrors how the reference's reasoning client feeds the MLLM and decodes (Peyton-Chen/diffusers@
+c69df6bd, pipeline_step1x_edit_thinker.py, `QwenGenerativeAIClient.call_model`): the chat
+template without "Picture N:" labels, each image resized as qwen_vl_utils does and then bounded
+by the processor to 262144..802816 pixels; sampling with temperature 0.7 and top-p 0.9 over the
+model's own generation settings (its top-k, transformers' 50 when it sets none; its repetition
+penalty), at most `max_new_tokens` new tokens (the passes ask 128, the reference's cap).
+
+One difference in mechanism, none in distribution: transformers samples from the global RNG,
+which the reference never seeds. Here the draws come from `generator`, a CPU `torch.Generator`
+that the pipeline seeds with the request's seed, so one seed reproduces the answers.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from PIL import Image
 from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
+from transformers.generation.logits_process import (
+    LogitsProcessor,
+    LogitsProcessorList,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
 
 from stepedit.encoder import vision_utils_size
 from stepedit.reasoning.prompts import ChatTurn
@@ -26,6 +37,10 @@ logger = logging.getLogger(__name__)
 # The reference client: `AutoProcessor.from_pretrained(..., min_pixels=262144, max_pixels=802816)`
 REASONING_MIN_PIXELS = 262144
 REASONING_MAX_PIXELS = 802816
+# ... and `generate(do_sample=True, top_p=0.9, temperature=0.7)`.
+REFERENCE_TEMPERATURE = 0.7
+REFERENCE_TOP_P = 0.9
+TRANSFORMERS_DEFAULT_TOP_K = 50  # what generate() uses when the model's config sets no top_k
 
 
 def to_hf_messages(conversation: Sequence[ChatTurn]) -> list[dict[str, Any]]:
@@ -49,25 +64,45 @@ def conversation_images(conversation: Sequence[ChatTurn]) -> list[Image.Image]:
     return [part for turn in conversation for part in turn.parts if isinstance(part, Image.Image)]
 
 
+class SeededSampling(LogitsProcessor):
+    """Draws the next token with `generator` after `warpers`, and leaves it the only candidate,
+    so that generate()'s greedy step takes it: sampling without the global RNG."""
+
+    def __init__(self, warpers: LogitsProcessorList, generator: torch.Generator) -> None:
+        self.warpers = warpers
+        self.generator = generator
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
+        scores = self.warpers(input_ids, scores)  # [batch, vocab]
+        probs = torch.softmax(scores.float(), dim=-1).cpu()
+        chosen = torch.multinomial(probs, 1, generator=self.generator).to(scores.device)
+        return torch.full_like(scores, float("-inf")).scatter_(1, chosen, 0.0)
+
+
 class QwenChat:
-    """`TextGenerator` over a Qwen2.5-VL model and its processor (the ones already loaded)."""
+    """`TextGenerator` over a Qwen2.5-VL model and its processor (the ones already loaded),
+    sampling as the reference does, with the draws from `generator` (a CPU generator; one seeded
+    with 0 when none is given)."""
 
     def __init__(
         self,
         model: Qwen2_5_VLForConditionalGeneration,
         processor: Qwen2_5_VLProcessor,
         *,
-        greedy: bool = True,
-        temperature: float = 0.7,
-        top_p: float = 0.9,
-        seed: int | None = None,
+        generator: torch.Generator | None = None,
+        temperature: float = REFERENCE_TEMPERATURE,
+        top_p: float = REFERENCE_TOP_P,
     ) -> None:
         self.model = model
         self.processor = processor
-        self.greedy = greedy
-        self.temperature = temperature
-        self.top_p = top_p
-        self.seed = seed  # only used when sampling
+        self.generator = generator if generator is not None else torch.Generator().manual_seed(0)
+        top_k = getattr(model.generation_config, "top_k", None)
+        warpers: list[LogitsProcessor] = [TemperatureLogitsWarper(temperature)]
+        top_k = TRANSFORMERS_DEFAULT_TOP_K if top_k is None else top_k
+        if top_k:
+            warpers.append(TopKLogitsWarper(top_k))
+        warpers.append(TopPLogitsWarper(top_p))
+        self.sampling = SeededSampling(LogitsProcessorList(warpers), self.generator)
 
     @property
     def device(self) -> torch.device:
@@ -92,32 +127,16 @@ class QwenChat:
         ).to(self.device)
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
-        sampling: dict[str, Any] = {"do_sample": False}
-        if not self.greedy:
-            if self.seed is not None:
-                torch.manual_seed(self.seed)
-            sampling = {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p}
         output = self.model.generate(
             **inputs,
             max_new_tokens=max_new_tokens,
+            do_sample=False,  # SeededSampling has drawn the token; greedy takes it
+            logits_processor=LogitsProcessorList([self.sampling]),
             eos_token_id=self.processor.tokenizer.eos_token_id,
             pad_token_id=self.processor.tokenizer.pad_token_id,
-            **sampling,
         )  # [1, prompt + new]
         new_tokens = output[:, inputs["input_ids"].shape[1] :]
         reply: str = self.processor.batch_decode(
             new_tokens, skip_special_tokens=True, clean_up_tokenization_spaces=False
         )[0]
         return reply.strip()
-
-
-def from_message_generator(
-    generate: Callable[..., str],
-) -> Callable[..., str]:
-    """Adapt a `generate(messages, max_new_tokens=...)` over transformers-style chat messages
-    (such as `QwenEditEncoder.generate`) into a `TextGenerator`."""
-
-    def generate_turns(conversation: Sequence[ChatTurn], *, max_new_tokens: int) -> str:
-        return generate(to_hf_messages(conversation), max_new_tokens=max_new_tokens)
-
-    return generate_turns

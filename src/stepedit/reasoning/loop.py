@@ -5,12 +5,15 @@ Facts from the reference (Peyton-Chen/diffusers@c69df6bd, pipeline_step1x_edit_v
 - thinking rewrites the instruction once, before any round; every reflection judges against that
   (rewritten) instruction and the original source image;
 - at most `max_try_cnt` = 3 rounds; <#Success>/<#Others> stop; <#Reflection> edits the *latest
-  candidate* with the corrected instruction; <#Failed> starts over from the source image with the
-  thinking instruction;
-- the returned image is the candidate with the highest min(score1) * min(score2); on a tie a
-  <#Success> candidate beats one without, otherwise the later candidate wins.
-Our additions: an unreadable verdict ends the rounds keeping what exists ("accept current");
-round r's candidate uses seed `seed + r`, so one seed reproduces the whole run.
+  candidate* with the corrected instruction; anything else (<#Failed>, no readable verdict)
+  starts over from the source image with the thinking instruction;
+- one random stream for the whole run: the same `generator` goes to every round's
+  `prepare_latents`, so round r continues where round r - 1 stopped (the candidate maker owns
+  that stream; every round reports the run's seed);
+- the returned image is the candidate with the highest min(score1) * min(score2), starting from
+  -1; on a tie a <#Success> candidate (not <#Others>) beats one without, otherwise the later
+  candidate wins.
+Where stepedit departs from it on purpose is listed in `DEVIATIONS`.
 """
 
 from __future__ import annotations
@@ -24,16 +27,31 @@ from typing import Literal, Protocol
 from PIL import Image
 
 from stepedit.reasoning.thinker import Judgement, Thinker
+from stepedit.request import Pass
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_ROUNDS = 3  # `max_try_cnt: int = 3` in Step1XEditPipelineV1P2.__call__
 
+# The reference behaviours stepedit does not reproduce, by name (the parity harness reports its
+# scenarios that meet one as such). Each would condition the DiT on an empty instruction.
+DEVIATIONS: dict[str, str] = {
+    "empty-thinking": (
+        "an empty thinking answer keeps the user's instruction; the reference conditions every "
+        "round, and judges every candidate, on the empty string"
+    ),
+    "blank-reflection": (
+        "a <#Reflection> with no instruction after it is unreadable and asked again; the "
+        "reference edits the candidate with an empty instruction"
+    ),
+}
+
 
 class CandidateMaker(Protocol):
-    """One diffusion edit: `image` edited by `instruction`, with noise from `seed`."""
+    """One diffusion edit: `image` edited by `instruction`. Successive calls in one run draw
+    from one random stream, seeded once, as the reference's rounds do."""
 
-    def __call__(self, image: Image.Image, instruction: str, seed: int) -> Image.Image: ...
+    def __call__(self, image: Image.Image, instruction: str) -> Image.Image: ...
 
 
 @dataclass(frozen=True)
@@ -54,7 +72,7 @@ class Round:
     index: int  # 0-based
     instruction: str  # the instruction the DiT was conditioned on in this round
     edits: Literal["source", "previous"]  # which image this round edited
-    seed: int
+    seed: int  # the run's seed: every round draws from the one stream it seeds
     image: Image.Image
     diffusion_seconds: float
     judgement: Judgement | None  # None when reflection is off
@@ -78,12 +96,12 @@ class ReasoningResult:
 
 def select_best(rounds: Sequence[Round]) -> int:
     """Index of the candidate to return (the reference's rule; see the module docstring)."""
-    best, best_score, best_success = 0, float("-inf"), False
+    best, best_score, best_success = 0, -1.0, False
     for r in rounds:
         if r.judgement is None:
             continue
         score = r.judgement.selection_score
-        success = r.judgement.verdict.is_success
+        success = r.judgement.verdict.is_tagged_success
         if score > best_score or (score == best_score and (success or not best_success)):
             best, best_score, best_success = r.index, score, success
     return best
@@ -92,16 +110,16 @@ def select_best(rounds: Sequence[Round]) -> int:
 def _timings(thinking: float | None, rounds: Sequence[Round], total: float) -> dict[str, float]:
     timings: dict[str, float] = {}
     if thinking is not None:
-        timings["thinking"] = thinking
-    timings["diffusion"] = sum(r.diffusion_seconds for r in rounds)
+        timings[Pass.THINKING] = thinking
+    timings[Pass.DIFFUSION] = sum(r.diffusion_seconds for r in rounds)
     for r in rounds:
-        timings[f"diffusion_{r.index + 1}"] = r.diffusion_seconds
+        timings[Pass.DIFFUSION.round(r.index + 1)] = r.diffusion_seconds
     judged = [r for r in rounds if r.judgement is not None]
     if judged:
-        timings["reflection"] = sum(r.judgement.seconds for r in judged if r.judgement)
+        timings[Pass.REFLECTION] = sum(r.judgement.seconds for r in judged if r.judgement)
         for r in judged:
             assert r.judgement is not None
-            timings[f"reflection_{r.index + 1}"] = r.judgement.seconds
+            timings[Pass.REFLECTION.round(r.index + 1)] = r.judgement.seconds
     timings["total"] = total
     return timings
 
@@ -117,8 +135,9 @@ def run_reasoning_edit(
 ) -> ReasoningResult:
     """Thinking -> candidate -> reflection -> (retry)... -> best candidate.
 
-    `on_pass(name)` is called as each pass starts ("thinking", "diffusion_1", "reflection_1",
-    ...), for progress reporting.
+    `seed` is the run's, recorded on every round (the caller seeds both the candidates' random
+    stream and the MLLM's with it). `on_pass(name)` is called as each pass starts ("thinking",
+    "diffusion_1", "reflection_1", ...), for progress reporting.
     """
     options = options or ReasoningOptions()
     notify = on_pass or (lambda _name: None)
@@ -130,8 +149,8 @@ def run_reasoning_edit(
     thinking_raw: str | None = None
     base_instruction = instruction
     if options.enable_thinking:
-        notify("thinking")
-        passes.append("thinking")
+        notify(Pass.THINKING)
+        passes.append(Pass.THINKING)
         t0 = time.perf_counter()
         rewrite = thinker.rewrite(source, instruction)
         thinking_seconds = time.perf_counter() - t0
@@ -144,16 +163,16 @@ def run_reasoning_edit(
     current_image, current_instruction = source, base_instruction
     edits: Literal["source", "previous"] = "source"
     for index in range(max_rounds):
-        notify(f"diffusion_{index + 1}")
-        passes.append(f"diffusion_{index + 1}")
+        notify(Pass.DIFFUSION.round(index + 1))
+        passes.append(Pass.DIFFUSION.round(index + 1))
         t0 = time.perf_counter()
-        candidate = make_candidate(current_image, current_instruction, seed + index)
+        candidate = make_candidate(current_image, current_instruction)
         diffusion_seconds = time.perf_counter() - t0
 
         judgement = None
         if options.enable_reflection:
-            notify(f"reflection_{index + 1}")
-            passes.append(f"reflection_{index + 1}")
+            notify(Pass.REFLECTION.round(index + 1))
+            passes.append(Pass.REFLECTION.round(index + 1))
             judgement = thinker.judge(source, candidate, base_instruction)
             logger.info(
                 "round %d verdict %s, score %.3f",
@@ -166,7 +185,7 @@ def run_reasoning_edit(
                 index,
                 current_instruction,
                 edits,
-                seed + index,
+                seed,
                 candidate,
                 diffusion_seconds,
                 judgement,
@@ -175,13 +194,13 @@ def run_reasoning_edit(
         if judgement is None:
             break
         verdict = judgement.verdict
+        if verdict.kind == "success":
+            break
         if verdict.kind == "retry":
             assert verdict.instruction is not None
             current_image, current_instruction, edits = candidate, verdict.instruction, "previous"
-        elif verdict.kind == "failed":
+        else:
             current_image, current_instruction, edits = source, base_instruction, "source"
-        else:  # success, or an unreadable verdict: accept what we have
-            break
 
     # 3. Selection.
     best = select_best(rounds)

@@ -223,11 +223,6 @@ QUALITY_SCORE_RULES = "\n".join(
     )
 )
 
-# Fallbacks the reference uses when no consistency score could be computed:
-# ImageEditEvaluator_EN.generate_reflection, `evaluation_result.get("score", ... "N/A")` and `.get("reason", "无")`.
-MISSING_PRIOR_SCORE = "N/A"
-MISSING_PRIOR_REASON = "无"
-
 # analyze_text() in pipeline_step1x_edit_thinker.py: more than one CJK character means Chinese.
 LANGUAGE_CHINESE = "中文"
 LANGUAGE_ENGLISH = "英文"
@@ -290,7 +285,7 @@ def reflect_conversation(
     source: Image.Image,
     edited: Image.Image,
     instruction: str,
-    prior_score: float | str,
+    prior_score: float,
     prior_reason: str,
 ) -> list[ChatTurn]:
     """Reflection step 3: the tagged verdict (<#Think> ... <#Success>/<#Reflection>/<#Failed>)."""

@@ -3,17 +3,25 @@
 `Thinker.rewrite` is the thinking pass (reference `Step1XEditThinker.think` ->
 `ImageEditEvaluator_EN.prompt_reformat`); `Thinker.judge` is one reflection pass (reference
 `Step1XEditThinker.reflect`: `run_full_pipeline` = describe -> consistency score -> tagged verdict,
-then `run_best_pipeline` = the two selection scores). Five generations per judged candidate,
-as in the reference. Model-free: the callable does the generating, so tests can script it.
+then `run_best_pipeline` = the two selection scores). Model-free: the callable does the
+generating, so tests can script it.
+
+As in the reference, a pass whose answer cannot be read (`stepedit.reasoning.verdicts`) is asked
+again, up to `MAX_ASKS` times in all; this only makes sense because the MLLM samples
+(`stepedit.reasoning.chat`). Then: no readable consistency score gives up on the verdict
+(<#Failed>, the reflection prompt is not sent), no readable verdict is <#Failed>, and no readable
+score is [0, 0]. The description is taken as it comes: the reference only re-asks it when its
+remote client's error convention ("错误:" at the start) shows up, which a local model never uses.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from PIL import Image
 
@@ -22,9 +30,11 @@ from stepedit.reasoning.verdicts import (
     Consistency,
     ScorePair,
     Verdict,
+    no_verdict,
     parse_consistency,
     parse_score_pair,
     parse_verdict,
+    unscored,
 )
 
 logger = logging.getLogger(__name__)
@@ -32,27 +42,40 @@ logger = logging.getLogger(__name__)
 # The reference shrinks every image it shows the MLLM to at most 1024 px a side
 # (`image_to_data_url(max_side=1024)`) before its processor's own pixel bounds apply.
 MLLM_MAX_SIDE = 1024
+# `max_retries = 20` in ImageEditEvaluator_EN.run_full_pipeline and run_best_pipeline.
+MAX_ASKS = 20
+# `max_new_tokens=128` in QwenGenerativeAIClient.call_model, whatever `max_tokens` a pass asks.
+REFERENCE_MAX_NEW_TOKENS = 128
+
+_Read = TypeVar("_Read")
 
 
 class TextGenerator(Protocol):
-    """Answer a chat with at most `max_new_tokens` new tokens; deterministic (greedy) by default."""
+    """Answer a chat with at most `max_new_tokens` new tokens."""
 
     def __call__(self, conversation: Sequence[prompts.ChatTurn], *, max_new_tokens: int) -> str: ...
 
 
 @dataclass(frozen=True)
 class TokenBudget:
-    """Upper bounds on new tokens per pass: the `max_tokens` each reference call site asks for.
+    """Upper bounds on new tokens per pass.
 
-    (The reference's client ignores them and always generates at most 128 tokens; a verdict's
-    <#Think> reasoning does not always fit in 128, so we keep the per-call values.)
+    The reference's passes ask for 512 (rewrite), 768 (describe, reflect, scores) and 1024
+    (consistency) tokens, but its client generates at most 128 whatever is asked, so 128 is what
+    runs, there and here. A verdict cut off before its outcome tag is unreadable and asked again.
     """
 
-    rewrite: int = 512
-    describe: int = 768
-    consistency: int = 1024
-    reflect: int = 768
-    score: int = 768
+    rewrite: int = REFERENCE_MAX_NEW_TOKENS
+    describe: int = REFERENCE_MAX_NEW_TOKENS
+    consistency: int = REFERENCE_MAX_NEW_TOKENS
+    reflect: int = REFERENCE_MAX_NEW_TOKENS
+    score: int = REFERENCE_MAX_NEW_TOKENS
+
+    def capped(self, limit: int | None) -> TokenBudget:
+        """Every bound at most `limit` (None: unchanged)."""
+        if limit is None:
+            return self
+        return TokenBudget(*(min(value, limit) for value in dataclasses.astuple(self)))
 
 
 def to_mllm_image(image: Image.Image) -> Image.Image:
@@ -79,7 +102,8 @@ class Judgement:
 
     verdict: Verdict
     description: str
-    consistency: Consistency | None  # None: the consistency JSON could not be read
+    # None: no readable consistency answer in `MAX_ASKS` asks (the verdict is then <#Failed>).
+    consistency: Consistency | None
     edit_score: ScorePair  # [editing success, over-editing]
     quality_score: ScorePair  # [naturalness, artifacts]
     seconds: float
@@ -91,17 +115,46 @@ class Judgement:
 
 
 class Thinker:
-    """Runs the reasoning passes through `generate`."""
+    """Runs the reasoning passes through `generate`, asking a pass at most `max_asks` times."""
 
-    def __init__(self, generate: TextGenerator, budget: TokenBudget | None = None) -> None:
+    def __init__(
+        self, generate: TextGenerator, budget: TokenBudget | None = None, max_asks: int = MAX_ASKS
+    ) -> None:
+        if max_asks < 1:
+            raise ValueError(f"max_asks must be at least 1, got {max_asks}")
         self.generate = generate
         self.budget = budget or TokenBudget()
+        self.max_asks = max_asks
 
     def _ask(self, conversation: Sequence[prompts.ChatTurn], max_new_tokens: int) -> str:
         return self.generate(conversation, max_new_tokens=max_new_tokens).strip()
 
+    def _ask_until_read(
+        self,
+        name: str,
+        conversation: Sequence[prompts.ChatTurn],
+        max_new_tokens: int,
+        read: Callable[[str], _Read | None],
+    ) -> tuple[_Read | None, str]:
+        """(`read` of the first readable answer, or None after `max_asks`; the last answer)."""
+        answer = ""
+        for attempt in range(1, self.max_asks + 1):
+            answer = self._ask(conversation, max_new_tokens)
+            reading = read(answer)
+            if reading is not None:
+                return reading, answer
+            logger.warning(
+                "%s answer %d/%d unreadable: %.200r", name, attempt, self.max_asks, answer
+            )
+        return None, answer
+
     def rewrite(self, image: Image.Image | None, instruction: str) -> Rewrite:
-        """Vague instruction -> concrete edit instruction; an empty answer keeps the original."""
+        """Vague instruction -> concrete edit instruction.
+
+        An empty answer keeps the instruction as given: deviation `empty-thinking`
+        (`stepedit.reasoning.loop.DEVIATIONS`); the reference would condition every round, and
+        judge every candidate, on the empty string.
+        """
         shown = None if image is None else to_mllm_image(image)
         raw = self._ask(prompts.rewrite_conversation(shown, instruction), self.budget.rewrite)
         if not raw:
@@ -113,36 +166,35 @@ class Thinker:
         """The reflection pass on one candidate, against the source and the instruction."""
         started = time.perf_counter()
         source, edited = to_mllm_image(source), to_mllm_image(edited)
-        description = self._ask(
-            prompts.describe_conversation(source, instruction), self.budget.describe
-        )
-        consistency_text = self._ask(
+        budget = self.budget
+
+        # 1. run_full_pipeline: what the target should look like, how well the candidate
+        # matches it, then the verdict primed with that score.
+        description = self._ask(prompts.describe_conversation(source, instruction), budget.describe)
+        consistency, _ = self._ask_until_read(
+            "consistency",
             prompts.consistency_conversation(edited, instruction, description),
-            self.budget.consistency,
+            budget.consistency,
+            parse_consistency,
         )
-        consistency = parse_consistency(consistency_text)
         if consistency is None:
-            logger.warning("consistency answer unreadable: %.200r", consistency_text)
-            prior_score: float | str = prompts.MISSING_PRIOR_SCORE
-            prior_reason = prompts.MISSING_PRIOR_REASON
+            verdict = no_verdict(f"no readable consistency answer in {self.max_asks} asks")
         else:
-            prior_score, prior_reason = consistency.score, consistency.reason
-        verdict = parse_verdict(
-            self._ask(
+            read, last = self._ask_until_read(
+                "reflection",
                 prompts.reflect_conversation(
-                    source, edited, instruction, prior_score, prior_reason
+                    source, edited, instruction, consistency.score, consistency.reason
                 ),
-                self.budget.reflect,
+                budget.reflect,
+                _readable_verdict,
             )
+            verdict = read or no_verdict(f"no readable verdict in {self.max_asks} asks", last)
+
+        # 2. run_best_pipeline: the two selection scores.
+        edit_score = self._score(
+            "edit score", prompts.edit_score_conversation(source, edited, instruction)
         )
-        edit_score = parse_score_pair(
-            self._ask(
-                prompts.edit_score_conversation(source, edited, instruction), self.budget.score
-            )
-        )
-        quality_score = parse_score_pair(
-            self._ask(prompts.quality_score_conversation(edited), self.budget.score)
-        )
+        quality_score = self._score("quality score", prompts.quality_score_conversation(edited))
         return Judgement(
             verdict=verdict,
             description=description,
@@ -151,6 +203,15 @@ class Thinker:
             quality_score=quality_score,
             seconds=time.perf_counter() - started,
         )
+
+    def _score(self, name: str, conversation: Sequence[prompts.ChatTurn]) -> ScorePair:
+        pair, last = self._ask_until_read(name, conversation, self.budget.score, parse_score_pair)
+        return pair or unscored(f"no readable {name} in {self.max_asks} asks", last)
+
+
+def _readable_verdict(text: str) -> Verdict | None:
+    verdict = parse_verdict(text)
+    return verdict if verdict.is_readable else None
 
 
 def enhance_prompt(

@@ -1,19 +1,17 @@
-"""Parsing of the MLLM's answers in the reasoning passes. Never raises on model output.
+"""Reading the MLLM's answers in the reasoning passes. Never raises on model output.
 
-The rules follow the v1.2 reference (Peyton-Chen/diffusers@c69df6bd,
-pipeline_step1x_edit_thinker.py:
-`validate_string`, `_validate_reflection_response`, `Step1XEditThinker.format_text`,
-`_parse_json_block`, `_apply_score_caps_and_finalize`, `_validate_score1_response`). Where the
-reference raises and re-asks the model (up to 20 times, sampling), we decode greedily, so asking
-again would return the same text: a malformed answer instead becomes an explicit "malformed"
-result that keeps the raw text, and the caller treats it as "no change / accept current".
+The rules are the v1.2 reference's (Peyton-Chen/diffusers@c69df6bd,
+pipeline_step1x_edit_thinker.py): `_validate_reflection_response`, then `validate_string` and
+`Step1XEditThinker.format_text` for verdicts; `_parse_json_block` and
+`_apply_score_caps_and_finalize` for the consistency JSON; `_validate_score1_response` for the
+selection scores. An answer the reference rejects reads here as unreadable (a "malformed"
+verdict, or None), and the caller asks again, as the reference does (`stepedit.reasoning.thinker`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -27,9 +25,9 @@ REFLECTION_TAG = "<#Reflection>"
 OTHERS_TAG = "<#Others>"
 _OUTCOME_TAGS = (REFLECTION_TAG, FAILED_TAG, SUCCESS_TAG, OTHERS_TAG)
 
-# "success": keep this candidate and stop. "retry": edit this candidate again with `instruction`.
-# "failed": this candidate cannot be repaired, start again from the source image.
-# "malformed": the answer broke the format; treated as "accept current".
+# "success" (<#Success> or <#Others>): keep this candidate and stop. "retry" (<#Reflection>): edit
+# this candidate again with `instruction`. "failed": start again from the source image.
+# "malformed": the answer broke the format; the reflection pass is asked again.
 VerdictKind = Literal["success", "retry", "failed", "malformed"]
 
 
@@ -39,51 +37,67 @@ class Verdict:
 
     kind: VerdictKind
     thought: str  # the text after <#Think>, the model's reasoning
-    instruction: str | None  # the corrected ("secondary") instruction when kind == "retry"
-    raw: str  # the model's answer, unchanged
-    problem: str | None = None  # why a malformed answer was rejected
+    # The corrected instruction of a "retry": everything after <#Reflection>, verbatim (its
+    # leading space included, as the reference conditions the next round on it).
+    instruction: str | None
+    raw: str  # the model's answer, unchanged ("" when no answer was read)
+    tag: str | None = None  # the outcome tag the answer carries
+    problem: str | None = None  # why the answer was not taken at its word
 
     @property
-    def is_success(self) -> bool:
-        """True for <#Success> and <#Others>: both end the rounds in the reference (format_text)."""
-        return self.kind == "success"
+    def is_readable(self) -> bool:
+        return self.kind != "malformed"
+
+    @property
+    def is_tagged_success(self) -> bool:
+        """<#Success> itself: the selection's tie-break. <#Others> also ends the rounds but
+        does not count there (the reference tests `"<#Success>" in` the answer)."""
+        return self.tag == SUCCESS_TAG
 
 
 def _malformed(raw: str, problem: str) -> Verdict:
-    logger.warning("reflection answer rejected (%s): %.200r", problem, raw)
-    return Verdict("malformed", "", None, raw, problem)
+    return Verdict("malformed", "", None, raw, problem=problem)
 
 
 def parse_verdict(text: str) -> Verdict:
     """Read `<#Think> reasoning <#Success | #Failed | #Reflection new instruction | #Others>`.
 
-    Exactly one outcome tag, once, after a single <#Think>; text before <#Think> is ignored (the
-    reference strips it). A <#Reflection> with no instruction after it is malformed: editing with
-    an empty instruction is never what the model meant.
+    Malformed: no <#Think>; not exactly one of the outcome tags, once, after the first <#Think>
+    (text before <#Think> is dropped). One deviation from the reference (`blank-reflection` in
+    `stepedit.reasoning.loop.DEVIATIONS`): a <#Reflection> with nothing after it is malformed,
+    where the reference would edit the candidate with an empty instruction.
     """
-    start = text.find(THINK_TAG)
-    if start < 0:
+    think = text.find(THINK_TAG)
+    if think < 0:
         return _malformed(text, "missing <#Think>")
-    body = text[start:].strip()
-    if body.count(THINK_TAG) != 1:
-        return _malformed(text, "more than one <#Think>")
-    present = [tag for tag in _OUTCOME_TAGS if tag in body]
+    present = [tag for tag in _OUTCOME_TAGS if tag in text]
     if len(present) != 1:
         return _malformed(text, f"expected exactly one outcome tag, found {len(present)}")
     tag = present[0]
-    if body.count(tag) != 1:
+    if text.count(tag) > 1:
         return _malformed(text, f"{tag} appears more than once")
+    if text.find(tag) < think:
+        return _malformed(text, f"{tag} before <#Think>")
+    body = text[think:].strip()
     thought, after = body[len(THINK_TAG) :].split(tag, 1)
     thought = thought.strip()
+    if body.count(THINK_TAG) != 1:
+        # Accepted by the reference's check, then not understood by its `format_text`: neither a
+        # success nor a correction, so the next round starts over from the source.
+        return Verdict("failed", thought, None, text, tag, "more than one <#Think>")
     if tag == REFLECTION_TAG:
-        # The model sometimes echoes the prompt's ``` fence around its answer.
-        instruction = after.strip().removesuffix("```").strip()
-        if not instruction:
+        if not after.strip():
             return _malformed(text, "<#Reflection> without an instruction")
-        return Verdict("retry", thought, instruction, text)
+        return Verdict("retry", thought, after, text, tag)
     if tag == FAILED_TAG:
-        return Verdict("failed", thought, None, text)
-    return Verdict("success", thought, None, text)  # <#Success> or <#Others>
+        return Verdict("failed", thought, None, text, tag)
+    return Verdict("success", thought, None, text, tag)  # <#Success> or <#Others>
+
+
+def no_verdict(problem: str, raw: str = "") -> Verdict:
+    """What a candidate gets when no readable verdict came: <#Failed>, as the reference's
+    fallback after its retries (`failure_result` in `run_full_pipeline`)."""
+    return Verdict("failed", "", None, raw, FAILED_TAG, problem)
 
 
 def extract_json_object(text: str) -> dict[str, Any] | None:
@@ -93,7 +107,7 @@ def extract_json_object(text: str) -> dict[str, Any] | None:
         return None
     try:
         obj = json.loads(match.group(0))
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):
         return None
     return obj if isinstance(obj, dict) else None
 
@@ -126,17 +140,16 @@ def parse_consistency(text: str) -> Consistency | None:
     try:
         met = str(obj.get("meets_instruction", "")).strip().lower()
         major = _count(obj, "major_conflicts")
+        _count(obj, "minor_conflicts")  # unused, but an unreadable count rejects the answer
         hallucinations = _count(obj, "hallucinations")
         omissions = _count(obj, "omissions")
         raw = float(obj.get("raw_score", 0))
         reason = str(obj.get("reason", "")).strip()
-    except (TypeError, ValueError):
-        return None
-    if not math.isfinite(raw):
+    except (TypeError, ValueError, OverflowError):
         return None
     if 0 <= raw <= 1.0000001:
         raw *= 10.0
-    raw = min(10.0, max(0.0, raw))
+    raw = max(0.0, min(10.0, raw))
     caps: list[tuple[float, str]] = []
     if met == "no":
         caps.append((2.0, "instruction not met"))
@@ -152,7 +165,7 @@ def parse_consistency(text: str) -> Consistency | None:
         caps.append((8.99, "visible problems"))
     score = min([raw, *(limit for limit, _ in caps)])
     return Consistency(
-        score=round(score, 4),
+        score=float(f"{score:.4f}"),
         raw_score=raw,
         meets_instruction=met,
         reason=reason,
@@ -162,40 +175,46 @@ def parse_consistency(text: str) -> Consistency | None:
 
 @dataclass(frozen=True)
 class ScorePair:
-    """A two-number JSON score: [edit success, over-editing] or [naturalness, artifacts]."""
+    """A JSON score list: [edit success, over-editing] or [naturalness, artifacts]."""
 
     values: tuple[float, ...]
     reasoning: str
     raw: str
-    is_parsed: bool
+    is_parsed: bool = True  # False: no readable answer came, scored [0, 0]
 
     @property
     def worst(self) -> float:
         return min(self.values)
 
 
-def _strip_code_fence(text: str) -> str:
-    text = text.strip()
-    fenced = re.fullmatch(r"```(?:json)?\s*(.*?)\s*```", text, flags=re.S)
-    return fenced.group(1) if fenced else text
+def parse_score_pair(text: str) -> ScorePair | None:
+    """Read `{"score": [a, b], "reasoning": "..."}`, bare or in a ``` / ```json fence, as the
+    reference's `_validate_score1_response` does (no chatter around it); None when unreadable.
 
-
-def parse_score_pair(text: str) -> ScorePair:
-    """Read `{"score": [a, b], "reasoning": "..."}`; anything else scores [0, 0] like the reference.
-
-    The reference (`run_best_pipeline`) falls back to `[0, 0]` after failed attempts, which ranks
-    an unreadable candidate last; we do the same at once.
+    The reference takes any list; an empty one or one with non-numbers then crashes its
+    selection (`min`, a product), so those are unreadable here and asked again.
     """
+    content = text.strip()
+    if content.startswith("```json"):
+        content = content[7:-3].strip()
+    elif content.startswith("```"):
+        content = content[3:-3].strip()
     try:
-        obj = json.loads(_strip_code_fence(text))
-    except json.JSONDecodeError:
-        obj = extract_json_object(text)
-    if isinstance(obj, dict) and isinstance(obj.get("score"), list) and "reasoning" in obj:
-        try:
-            values = tuple(float(v) for v in obj["score"])
-        except (TypeError, ValueError):
-            values = ()
-        if values and all(math.isfinite(v) for v in values):
-            return ScorePair(values, str(obj["reasoning"]), text, is_parsed=True)
-    logger.warning("score answer unreadable, scored [0, 0]: %.200r", text)
-    return ScorePair((0.0, 0.0), "", text, is_parsed=False)
+        obj = json.loads(content)
+    except (ValueError, RecursionError):
+        return None
+    if not (isinstance(obj, dict) and isinstance(obj.get("score"), list) and "reasoning" in obj):
+        return None
+    numbers = obj["score"]
+    if not numbers or not all(isinstance(v, int | float) for v in numbers):
+        return None
+    try:
+        values = tuple(float(v) for v in numbers)
+    except OverflowError:
+        return None
+    return ScorePair(values, str(obj["reasoning"]), text)
+
+
+def unscored(problem: str, raw: str = "") -> ScorePair:
+    """[0, 0]: the reference's score when no readable answer came (`run_best_pipeline`)."""
+    return ScorePair((0.0, 0.0), problem, raw, is_parsed=False)
