@@ -1,14 +1,25 @@
-"""Tiny seeded checkpoints written once per session in each layout."""
+"""Tiny seeded checkpoints written once per session in each layout; a private, offline
+Hugging Face cache for every test (nothing here may read the user's cache or the network)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
+from tests.weights.hub_cache import hub_environment
 
 from stepedit.model.dit import Step1XEditDiT
 from stepedit.weights import Components, load_components, write_checkpoint
+
+
+@pytest.fixture(autouse=True)
+def empty_hub_cache(tmp_path: Path) -> Iterator[Path]:
+    """An empty Hugging Face cache, offline: the user's cache and the Hub stay out of tests."""
+    cache = tmp_path / "hf-home" / "hub"
+    with hub_environment(cache, offline=True):
+        yield cache
 
 
 @pytest.fixture(scope="session")

@@ -8,8 +8,14 @@ import pytest
 import torch
 
 from stepedit.errors import WeightsError
-from stepedit.weights import Components, detect_layout, detect_version, write_checkpoint
-from stepedit.weights.formats import find_original_files
+from stepedit.weights import (
+    Components,
+    detect_layout,
+    detect_version,
+    resolve_checkpoint,
+    write_checkpoint,
+)
+from stepedit.weights.formats import choose_dit_file
 
 
 def test_layouts_are_told_apart(original_dir: Path, diffusers_dir: Path) -> None:
@@ -39,10 +45,19 @@ def test_version_is_detected_from_the_weights(
     assert detect_version(tmp_path) == version
 
 
-def test_override_that_contradicts_the_weights_is_refused(original_dir: Path) -> None:
+def test_override_that_contradicts_the_weights_is_refused(
+    original_dir: Path, tmp_path: Path
+) -> None:
     assert detect_version(original_dir, "v1.1") == "v1.1"
-    with pytest.raises(WeightsError, match=r"v1\.2 was asked for but the checkpoint is v1\.1"):
+    # The v1.2 release file is not there (another release's file never stands in for it) ...
+    with pytest.raises(WeightsError, match=r"DiT file step1x-edit-v1p2\.safetensors \(v1\.2\)"):
         detect_version(original_dir, "v1.2")
+    # ... and a file of another name is read, and found to be v1.1.
+    copy = tmp_path / "copy"
+    shutil.copytree(original_dir, copy)
+    (copy / "step1x-edit-v1p1-official.safetensors").rename(copy / "my-edit.safetensors")
+    with pytest.raises(WeightsError, match=r"v1\.2 was asked for but the checkpoint is v1\.1"):
+        detect_version(copy, "v1.2")
     with pytest.raises(WeightsError, match="unknown model version"):
         detect_version(original_dir, "v9")
 
@@ -67,8 +82,39 @@ def test_plain_dit_file_is_preferred_over_fp8(original_dir: Path, tmp_path: Path
     plain = copy / "step1x-edit-v1p1-official.safetensors"
     fp8 = copy / "step1x-edit-v1p1-official-FP8.safetensors"
     shutil.copy(plain, fp8)
-    assert find_original_files(copy).dit == plain
-    assert find_original_files(fp8).dit == fp8
+    assert resolve_checkpoint(copy).dit_files == (plain,)
+    assert resolve_checkpoint(fp8).dit_files == (fp8,)
+    # A release file wins over files of other names (LoRA files sit next to it in the repo).
     shutil.copy(plain, copy / "step1x-edit-other.safetensors")
+    assert resolve_checkpoint(copy).dit_files == (plain,)
+    plain.unlink()
+    shutil.copy(fp8, copy / "step1x-edit-another.safetensors")
     with pytest.raises(WeightsError, match="cannot tell which DiT file"):
-        find_original_files(copy)
+        resolve_checkpoint(copy)
+
+
+@pytest.mark.parametrize(
+    ("names", "version", "chosen"),
+    [
+        # stepfun-ai/Step1X-Edit: v1.0 and v1.1 (and FP8): the newest unless a version is asked
+        (["step1x-edit-i1258.safetensors", "step1x-edit-v1p1-official.safetensors"], None,
+         "step1x-edit-v1p1-official.safetensors"),
+        (["step1x-edit-i1258.safetensors", "step1x-edit-v1p1-official.safetensors"], "v1.0",
+         "step1x-edit-i1258.safetensors"),
+        (["step1x-edit-i1258-FP8.safetensors", "step1x-edit-i1258.safetensors"], "v1.0",
+         "step1x-edit-i1258.safetensors"),
+        # a requested release that is not there is missing, not replaced by another release
+        (["step1x-edit-i1258.safetensors", "step1x-edit-v1p1-official.safetensors"], "v1.2",
+         None),
+        (["step1x-edit-v1p1-official.safetensors", "vae.safetensors"], "v1.0", None),
+        # one file of any name (a fine-tune), or an FP8 file alone (an FP8-only repository)
+        (["my-finetune.safetensors", "vae.safetensors"], "v1.1", "my-finetune.safetensors"),
+        (["step1x-edit-i1258-FP8.safetensors", "vae.safetensors"], None,
+         "step1x-edit-i1258-FP8.safetensors"),
+        (["vae.safetensors", "README.md", "transformer/x.safetensors"], None, None),
+    ],
+)  # fmt: skip
+def test_dit_file_is_chosen_by_version_then_newest(
+    names: list[str], version: str | None, chosen: str | None
+) -> None:
+    assert choose_dit_file(names, version, "repo") == chosen  # type: ignore[arg-type]

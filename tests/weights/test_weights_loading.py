@@ -90,11 +90,15 @@ def test_bad_diffusers_vae_is_refused_naming_the_key(diffusers_dir: Path, tmp_pa
     assert "decoder.quant_conv.weight" in caught.value.message
 
 
-def test_missing_text_encoder_is_refused(original_dir: Path, tmp_path: Path) -> None:
+def test_missing_text_encoder_is_refused_naming_the_default_and_its_command(
+    original_dir: Path, tmp_path: Path
+) -> None:
     copy = tmp_path / "copy"
     shutil.copytree(original_dir, copy)
     shutil.rmtree(copy / "Qwen2.5-VL-7B-Instruct")
-    with pytest.raises(WeightsError, match=r"no Qwen2\.5-VL folder"):
+    with pytest.raises(WeightsError, match=r"text encoder Qwen/Qwen2\.5-VL-7B-Instruct: not in"):
+        load_components(copy, device="cpu", dtype=torch.float32)
+    with pytest.raises(WeightsError, match=r"stepedit download Qwen/Qwen2\.5-VL-7B-Instruct"):
         load_components(copy, device="cpu", dtype=torch.float32)
 
 

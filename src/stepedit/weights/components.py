@@ -17,25 +17,20 @@ from stepedit.errors import WeightsError
 from stepedit.model.autoencoder import AutoEncoder
 from stepedit.model.dit import Step1XEditDiT
 from stepedit.model.presets import AutoEncoderConfig, DiTConfig, ModelVersion
-from stepedit.model.qwen_tiny import CHAT_TEMPLATE, ImageTextProcessor
+from stepedit.model.qwen import CHAT_TEMPLATE, ImageTextProcessor
 from stepedit.weights import diffusers_layout as dl
 from stepedit.weights import dummy
+from stepedit.weights.checkpoint import Checkpoint, TextEncoder, resolve_checkpoint
 from stepedit.weights.formats import (
     DIFFUSERS_WEIGHTS_NAME,
     DIT_FILE_NAMES,
     QWEN_FOLDER_NAME,
     Layout,
-    check_version,
-    detect_layout,
-    find_diffusers_files,
-    find_original_files,
     infer_ae_config,
     infer_dit_config,
     read_json,
-    safetensors_files,
-    version_from_diffusers_config,
-    version_from_original_keys,
 )
+from stepedit.weights.gguf import open_dit_source
 from stepedit.weights.native import has_fp8, load_module, reject_scaled_fp8
 from stepedit.weights.tensors import DictSource, SafetensorsSource, TensorSource, write_safetensors
 
@@ -67,21 +62,38 @@ def load_components(
     version: ModelVersion | None = None,
     offload: bool = False,
     keep_fp8: bool = True,
+    text_encoder: str | Path | None = None,
+    revision: str | None = None,
+    download: bool = False,
 ) -> Components:
-    """Load DiT, VAE, Qwen2.5-VL and its processor from a directory (either layout) or `dummy:`.
+    """Load DiT, VAE, Qwen2.5-VL and its processor from a path, a Hub repo id, or `dummy:`.
+
+    `source` is a checkpoint directory (either layout), an original DiT file, a Hugging Face repo
+    id in the local cache (`org/name[@revision]`), or `dummy:<preset>[@seed]`. Every file is
+    found before anything loads (`resolve_checkpoint`); one `MissingWeights` names all that are
+    missing. `text_encoder` (a folder or a repo id) replaces the checkpoint's Qwen2.5-VL; the
+    original layout without one uses Qwen/Qwen2.5-VL-7B-Instruct from the cache. `revision`
+    applies to a repo id; `download` fetches what the cache lacks (see docs/weights.md).
 
     All weights are cast to `dtype` except Linear weights of an FP8 DiT, which stay float8 when
     `keep_fp8` (upcast per call; see native.Float8StorageLinear). With `offload`, everything is
     placed on the CPU and the pipeline moves each component to `device` when it runs.
-    `version` overrides the detected model version where the weights allow it.
+    `version` overrides the detected model version where the weights allow it, and picks the
+    DiT file of a repository holding several.
     """
     target = torch.device("cpu") if offload else torch.device(device)
     if dummy.is_dummy(source):
+        if text_encoder is not None or revision is not None or download:
+            raise WeightsError(
+                f"{source!r} has no files: text_encoder, revision and download do not apply"
+            )
         return _load_dummy(str(source), device=target, dtype=dtype, version=version)
-    layout = detect_layout(source)
-    if layout == "original":
-        return _load_original(Path(source), target, dtype, version, keep_fp8)
-    return _load_diffusers(Path(source), target, dtype, version, keep_fp8)
+    checkpoint = resolve_checkpoint(
+        source, version=version, text_encoder=text_encoder, revision=revision, download=download
+    )
+    if checkpoint.layout == "original":
+        return _load_original(checkpoint, target, dtype, keep_fp8)
+    return _load_diffusers(checkpoint, target, dtype, keep_fp8)
 
 
 def _load_dummy(
@@ -99,17 +111,6 @@ def _load_dummy(
         processor=processor,
         version=spec.dit_config.version,
         source_layout="dummy",
-    )
-
-
-def _resolve_version(
-    detected: ModelVersion, override: ModelVersion | None, what: str
-) -> ModelVersion:
-    if override is None or override == detected:
-        return detected
-    check_version(override)
-    raise WeightsError(
-        f"version {override} was asked for but {what} is {detected}; their DiT structures differ"
     )
 
 
@@ -144,26 +145,24 @@ def load_ae(
 
 
 def load_text_model(
-    folder: Path | None, processor_folder: Path | None, *, device: torch.device, dtype: torch.dtype
+    encoder: TextEncoder, *, device: torch.device, dtype: torch.dtype
 ) -> tuple[Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor]:
     """Qwen2.5-VL from a local folder (never the hub) and its processor.
 
-    The processor is Qwen's tokenizer and the PIL image processor (`qwen_tiny.ImageTextProcessor`),
-    so neither torchvision nor a video processor is needed.
+    The processor is Qwen's tokenizer and the PIL image processor
+    (`stepedit.model.qwen.ImageTextProcessor`), so neither torchvision nor a video processor is
+    needed.
     """
-    if folder is None:
-        raise WeightsError("the checkpoint has no Qwen2.5-VL folder (text encoder)")
-    processor_folder = processor_folder or folder
     try:
         model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-            folder, dtype=dtype, attn_implementation="sdpa", local_files_only=True
+            encoder.model, dtype=dtype, attn_implementation="sdpa", local_files_only=True
         )
-        tokenizer = Qwen2Tokenizer.from_pretrained(processor_folder, local_files_only=True)
+        tokenizer = Qwen2Tokenizer.from_pretrained(encoder.processor, local_files_only=True)
         image_processor = Qwen2VLImageProcessorPil.from_pretrained(
-            processor_folder, local_files_only=True
+            encoder.processor, local_files_only=True
         )
     except OSError as exc:
-        raise WeightsError(f"cannot load Qwen2.5-VL from {str(folder)!r}: {exc}") from exc
+        raise WeightsError(f"cannot load Qwen2.5-VL from {encoder.origin}: {exc}") from exc
     processor = ImageTextProcessor(
         image_processor=image_processor,
         tokenizer=tokenizer,
@@ -173,66 +172,55 @@ def load_text_model(
     return cast(Any, model).to(device), processor
 
 
+def _text_model(
+    checkpoint: Checkpoint, device: torch.device, dtype: torch.dtype
+) -> tuple[Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor]:
+    assert checkpoint.text_encoder is not None  # resolve_checkpoint requires it for loading
+    return load_text_model(checkpoint.text_encoder, device=device, dtype=dtype)
+
+
 def _load_original(
-    path: Path,
-    device: torch.device,
-    dtype: torch.dtype,
-    version: ModelVersion | None,
-    keep_fp8: bool,
+    checkpoint: Checkpoint, device: torch.device, dtype: torch.dtype, keep_fp8: bool
 ) -> Components:
-    files = find_original_files(path)
-    logger.info("loading original layout: DiT %s, VAE %s", files.dit.name, files.vae.name)
-    with SafetensorsSource([files.dit]) as dit_source:
-        detected = version_from_original_keys(set(dit_source.names()))
-        resolved = _resolve_version(detected, version, files.dit.name)
+    with open_dit_source(checkpoint.dit_files) as dit_source:  # safetensors, or one GGUF file
         shapes = {k: dit_source.shape(k) for k in dit_source.names()}
         dit = load_dit(
             dit_source,
-            infer_dit_config(shapes, resolved),
+            infer_dit_config(shapes, checkpoint.version),
             device=device,
             dtype=dtype,
             keep_fp8=keep_fp8,
         )
-    with SafetensorsSource([files.vae]) as vae_source:
+    with SafetensorsSource(checkpoint.vae_files) as vae_source:
         shapes = {k: vae_source.shape(k) for k in vae_source.names()}
-        ae = load_ae(vae_source, infer_ae_config(shapes), device=device, dtype=dtype)
-    text_model, processor = load_text_model(files.text_encoder, None, device=device, dtype=dtype)
-    return Components(dit, ae, text_model, processor, resolved, "original")
+        # float32 straight from the file, as the references run the VAE: a cast to the
+        # pipeline's bf16 first would round its weights before the pipeline upcasts them.
+        ae = load_ae(vae_source, infer_ae_config(shapes), device=device, dtype=torch.float32)
+    text_model, processor = _text_model(checkpoint, device, dtype)
+    return Components(dit, ae, text_model, processor, checkpoint.version, "original")
 
 
 def _load_diffusers(
-    path: Path,
-    device: torch.device,
-    dtype: torch.dtype,
-    version: ModelVersion | None,
-    keep_fp8: bool,
+    checkpoint: Checkpoint, device: torch.device, dtype: torch.dtype, keep_fp8: bool
 ) -> Components:
-    files = find_diffusers_files(path)
-    transformer_config = read_json(files.transformer / "config.json")
-    detected = version_from_diffusers_config(transformer_config)
-    resolved = detected if version is None else check_version(version)
-    if resolved != detected and {resolved, detected} != {"v1.0", "v1.1"}:
-        raise WeightsError(
-            f"version {resolved} was asked for but transformer/config.json says {detected}"
-        )
-    config = dl.dit_config_from_diffusers(transformer_config, resolved)
-    logger.info("loading diffusers layout from %s (%s)", path, resolved)
-    with SafetensorsSource(safetensors_files(files.transformer)) as raw:
+    transformer_config = read_json(checkpoint.dit_files[0].parent / "config.json")
+    config = dl.dit_config_from_diffusers(transformer_config, checkpoint.version)
+    with SafetensorsSource(checkpoint.dit_files) as raw:
         dit = load_dit(
             dl.dit_to_original(raw, config), config, device=device, dtype=dtype, keep_fp8=keep_fp8
         )
-    ae_config = dl.vae_config_from_diffusers(read_json(files.vae / "config.json"))
-    with SafetensorsSource(safetensors_files(files.vae)) as raw:
+    ae_config = dl.vae_config_from_diffusers(
+        read_json(checkpoint.vae_files[0].parent / "config.json")
+    )
+    with SafetensorsSource(checkpoint.vae_files) as raw:
         ae = load_ae(
             dl.to_original(raw, dl.vae_key_maps(ae_config), "VAE"),
             ae_config,
             device=device,
-            dtype=dtype,
+            dtype=torch.float32,  # as in _load_original: never rounded to bf16 on the way
         )
-    text_model, processor = load_text_model(
-        files.text_encoder, files.processor, device=device, dtype=dtype
-    )
-    return Components(dit, ae, text_model, processor, resolved, "diffusers")
+    text_model, processor = _text_model(checkpoint, device, dtype)
+    return Components(dit, ae, text_model, processor, checkpoint.version, "diffusers")
 
 
 # --- writing -------------------------------------------------------------------------------------
@@ -252,18 +240,36 @@ def write_checkpoint(
     to be written in the diffusers layout (see diffusers_layout).
     """
     directory = Path(directory)
+    write_layout(
+        directory,
+        layout,
+        dit=(DictSource(components.dit.state_dict()), components.dit.config),
+        ae=(DictSource(components.ae.state_dict()), components.ae.config),
+        text_model=components.text_model,
+        processor=components.processor,
+        fold_scale_factor=fold_scale_factor,
+    )
+    return directory
+
+
+def write_layout(
+    directory: Path,
+    layout: Layout,
+    *,
+    dit: tuple[TensorSource, DiTConfig],
+    ae: tuple[TensorSource, AutoEncoderConfig],
+    text_model: Qwen2_5_VLForConditionalGeneration,
+    processor: Qwen2_5_VLProcessor,
+    fold_scale_factor: bool = False,
+) -> None:
+    """Write a checkpoint from tensor sources (streamed one tensor at a time) and a text model."""
     directory.mkdir(parents=True, exist_ok=True)
-    dit_config: DiTConfig = components.dit.config
-    ae_config: AutoEncoderConfig = components.ae.config
-    dit_source = DictSource(components.dit.state_dict())
-    ae_source = DictSource(components.ae.state_dict())
+    (dit_source, dit_config), (ae_source, ae_config) = dit, ae
     if layout == "original":
         write_safetensors(directory / DIT_FILE_NAMES[dit_config.version], dit_source)
         write_safetensors(directory / "vae.safetensors", ae_source)
-        qwen = directory / QWEN_FOLDER_NAME
-        components.text_model.save_pretrained(qwen)
-        components.processor.save_pretrained(qwen)
-        return directory
+        write_text_model(text_model, processor, directory / QWEN_FOLDER_NAME)
+        return
     converted = dl.dit_to_diffusers(dit_source, dit_config, fold_scale_factor=fold_scale_factor)
     write_diffusers_component(
         directory / "transformer",
@@ -275,10 +281,21 @@ def write_checkpoint(
         dl.to_diffusers(ae_source, dl.vae_key_maps(ae_config), "VAE"),
         dl.vae_config_to_diffusers(ae_config),
     )
-    components.text_model.save_pretrained(directory / "text_encoder")
-    components.processor.save_pretrained(directory / "processor")
+    write_text_model(text_model, None, directory / "text_encoder")
+    processor.save_pretrained(directory / "processor")
     write_diffusers_index(directory, dit_config.version)
-    return directory
+
+
+def write_text_model(
+    text_model: Qwen2_5_VLForConditionalGeneration,
+    processor: Qwen2_5_VLProcessor | None,
+    folder: Path,
+) -> None:
+    # 5 GB shards as the Qwen2.5-VL release has them; transformers writes each shard straight
+    # from the model's tensors, so the model is not copied.
+    text_model.save_pretrained(folder, max_shard_size="5GB")
+    if processor is not None:
+        processor.save_pretrained(folder)
 
 
 def write_diffusers_component(
@@ -304,7 +321,10 @@ def write_diffusers_index(directory: Path, version: ModelVersion) -> None:
 
 
 def copy_tree(source: Path, destination: Path, names: set[str] | None = None) -> None:
-    """Copy files (hard links where the filesystem allows; weights are never modified)."""
+    """Copy files (hard links where the filesystem allows; weights are never modified).
+
+    Symlinks are followed: the copy holds the files themselves, never links into a cache.
+    """
     destination.mkdir(parents=True, exist_ok=True)
     for item in sorted(source.iterdir()):
         if names is not None and item.name not in names:
@@ -313,9 +333,10 @@ def copy_tree(source: Path, destination: Path, names: set[str] | None = None) ->
         if item.is_dir():
             shutil.copytree(item, target, dirs_exist_ok=True)
             continue
-        if target.exists():
+        if target.exists() or target.is_symlink():
             target.unlink()
+        content = item.resolve()  # a Hub cache snapshot holds symlinks to its blobs
         try:
-            target.hardlink_to(item)
+            target.hardlink_to(content)
         except OSError:
-            shutil.copy2(item, target)
+            shutil.copy2(content, target)

@@ -6,14 +6,19 @@ and seed give the same weights on the same device.
 
 The DiT and the VAE are built on the meta device and then materialised directly on the target
 device in the target dtype (`to_empty`) and filled from a device-side generator, so a full-size
-dummy never passes through CPU memory or float32. The full-size text encoder is Qwen2.5-VL-7B's
-architecture (its published config, embedded below) built by transformers on the target device;
-its processor is the tiny tokenizer of `stepedit.model.qwen_tiny` (the special tokens have their
-own ids there, and the embedded config points at those ids).
+dummy never passes through CPU memory or float32. Each tensor has its own seed, derived from the
+preset's seed and its key, so `DummySource` can write the same values to disk one tensor at a
+time (`stepedit convert dummy:v1.1 DST`) without building the model.
+
+The full-size text encoder is Qwen2.5-VL-7B's architecture (its published config, embedded
+below) built by transformers on the target device; its processor is the tiny tokenizer of
+`stepedit.model.qwen_tiny` (the special tokens have their own ids there, and the embedded config
+points at those ids).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 from dataclasses import dataclass
@@ -109,27 +114,36 @@ def _fan_in(weight: torch.Tensor) -> int:
     return math.prod(weight.shape[1:]) if weight.ndim > 1 else weight.shape[0]
 
 
+def tensor_seed(seed: int, key: str) -> int:
+    """The seed of one tensor: each key draws from its own stream, so a tensor's values do not
+    depend on the order tensors are made in (a streamed conversion makes them in another)."""
+    digest = hashlib.blake2b(f"{seed}:{key}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)
+
+
+@torch.no_grad()
+def fill_tensor(tensor: torch.Tensor, owner: nn.Module, name: str, *, key: str, seed: int) -> None:
+    """Seeded values in PyTorch's default init ranges; norms start at 1, norm biases at 0."""
+    if isinstance(owner, nn.Linear | nn.Conv2d):
+        bound = 1 / math.sqrt(_fan_in(owner.weight))
+        generator = torch.Generator(device=tensor.device).manual_seed(tensor_seed(seed, key))
+        tensor.uniform_(-bound, bound, generator=generator)
+    elif name == "scale_factor":
+        tensor.fill_(SCALE_FACTOR_INIT)
+    elif name == "bias":
+        tensor.zero_()
+    else:  # GroupNorm / LayerNorm weights, RMSNorm scales
+        tensor.fill_(1.0)
+
+
 @torch.no_grad()
 def fill_random(module: nn.Module, *, seed: int) -> None:
-    """Seeded values in PyTorch's default init ranges; norms start at 1, norm biases at 0."""
-    device = next(module.parameters()).device
-    if device.type == "meta":  # shapes only (planning, tests)
+    """Fill every parameter of `module` in place with `fill_tensor`'s values."""
+    if next(module.parameters()).device.type == "meta":  # shapes only (planning, tests)
         return
-    generator = torch.Generator(device=device).manual_seed(seed)
-    for owner in module.modules():
-        if isinstance(owner, nn.Linear | nn.Conv2d):
-            bound = 1 / math.sqrt(_fan_in(owner.weight))
-            owner.weight.uniform_(-bound, bound, generator=generator)
-            if owner.bias is not None:
-                owner.bias.uniform_(-bound, bound, generator=generator)
-            continue
-        for name, param in owner.named_parameters(recurse=False):
-            if name == "scale_factor":
-                param.fill_(SCALE_FACTOR_INIT)
-            elif name == "bias":
-                param.zero_()
-            else:  # GroupNorm / LayerNorm weights, RMSNorm scales
-                param.fill_(1.0)
+    for key, tensor in module.state_dict(keep_vars=True).items():
+        owner_name, _, name = key.rpartition(".")
+        fill_tensor(tensor, module.get_submodule(owner_name), name, key=key, seed=seed)
 
 
 def build_random(factory: Any, *, device: torch.device, dtype: torch.dtype, seed: int) -> nn.Module:
@@ -137,6 +151,35 @@ def build_random(factory: Any, *, device: torch.device, dtype: torch.dtype, seed
     module = module.to(dtype=dtype).to_empty(device=device)
     fill_random(module, seed=seed)
     return module.eval().requires_grad_(False)
+
+
+class DummySource:
+    """A dummy module's tensors made one at a time on the CPU, for writing them to a file.
+
+    The module exists only on the meta device, so a full-size DiT (25 GB in bf16) streams to
+    disk with one tensor in memory. The values are those `build_random` gives on the CPU.
+    """
+
+    def __init__(self, factory: Any, *, dtype: torch.dtype, seed: int) -> None:
+        self._module: nn.Module = build_on_meta(factory).to(dtype=dtype)
+        self._entries = self._module.state_dict(keep_vars=True)
+        self._seed = seed
+
+    def names(self) -> list[str]:
+        return list(self._entries)
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return tuple(self._entries[key].shape)
+
+    def dtype(self, key: str) -> torch.dtype:
+        return self._entries[key].dtype
+
+    def get(self, key: str) -> torch.Tensor:
+        owner_name, _, name = key.rpartition(".")
+        tensor = torch.empty(self.shape(key), dtype=self.dtype(key))
+        owner = self._module.get_submodule(owner_name)
+        fill_tensor(tensor, owner, name, key=key, seed=self._seed)
+        return tensor
 
 
 def dummy_dit(

@@ -4,25 +4,26 @@ Two published layouts exist:
 
 - "original": the Step1X-Edit release. One directory holding the DiT file
   (`step1x-edit-i1258.safetensors` for v1.0, `step1x-edit-v1p1-official.safetensors` for v1.1,
-  optionally an `-FP8` variant), the FLUX VAE (`vae.safetensors` or `ae.safetensors`) and a
-  Qwen2.5-VL-7B-Instruct folder. A path to the DiT file itself is accepted too; the VAE and the
-  Qwen folder are then looked up next to it.
+  optionally an `-FP8` variant), the FLUX VAE (`vae.safetensors` or `ae.safetensors`) and,
+  optionally, a Qwen2.5-VL-7B-Instruct folder (the published repository has none). A path to
+  the DiT file itself is accepted too; the VAE and the Qwen folder are then looked up next to it.
 - "diffusers": `model_index.json` with `transformer/`, `vae/`, `text_encoder/`, `processor/`
   (or `tokenizer/`) and `scheduler/` sub-folders, as published for v1.1 and v1.2.
 
-Only file names, JSON files and safetensors headers are read here; no tensor data.
+The functions here answer from file names, so they serve a local directory and a Hub
+repository's file list alike; `checkpoint.py` puts them together into the pre-flight check.
+Only file names, JSON files and safetensors headers are read; no tensor data.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
-from dataclasses import dataclass
+import re
+import struct
+from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal, cast, get_args
-
-from safetensors import safe_open
 
 from stepedit.errors import WeightsError
 from stepedit.model.presets import (
@@ -36,6 +37,7 @@ from stepedit.model.presets import (
 logger = logging.getLogger(__name__)
 
 Layout = Literal["original", "diffusers"]
+MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors format's own bound on a header
 Shape = tuple[int, ...]
 MODEL_VERSIONS: tuple[str, ...] = get_args(ModelVersion)
 
@@ -57,20 +59,12 @@ V1_0_MARKER_KEY = "connector.scale_factor"
 V1_2_MARKER_KEY = "text_token_mapping.weight"
 
 
-@dataclass(frozen=True)
-class OriginalFiles:
-    dit: Path
-    vae: Path
-    text_encoder: Path | None  # the Qwen2.5-VL folder; None when absent (DiT/VAE-only use)
-
-
-@dataclass(frozen=True)
-class DiffusersFiles:
-    root: Path
-    transformer: Path
-    vae: Path
-    text_encoder: Path | None
-    processor: Path | None
+# When a repository holds several release DiT files and no version is asked for: the newest.
+NEWEST_FIRST: tuple[ModelVersion, ...] = ("v1.2", "v1.1", "v1.0")
+TEXT_ENCODER_WEIGHTS_NAME = "model.safetensors"
+TEXT_ENCODER_INDEX_NAME = "model.safetensors.index.json"
+# The diffusers layout names its Qwen processor folder "processor"; "tokenizer" is accepted too.
+PROCESSOR_FOLDER_NAMES = ("processor", "tokenizer")
 
 
 def detect_layout(path: str | Path) -> Layout:
@@ -79,17 +73,14 @@ def detect_layout(path: str | Path) -> Layout:
     if not path.exists():
         raise WeightsError(f"checkpoint path {str(path)!r} does not exist")
     if path.is_file():
-        if path.suffix == ".safetensors" and path.name not in VAE_FILE_NAMES:
-            return "original"
+        if path.suffix in (".safetensors", ".gguf") and path.name not in VAE_FILE_NAMES:
+            return "original"  # a .gguf DiT holds the original key names (weights/gguf.py)
         raise WeightsError(
             f"{str(path)!r} is a file but not a DiT .safetensors file; give a checkpoint directory"
         )
-    if (path / "model_index.json").is_file():
-        return "diffusers"
-    if (path / "transformer" / "config.json").is_file():
-        return "diffusers"
-    if _dit_candidates(path):
-        return "original"
+    layout = layout_of_names(relative_names(path))
+    if layout is not None:
+        return layout
     found = sorted(p.name for p in path.iterdir())[:12]
     raise WeightsError(
         f"{str(path)!r} is in no known layout: expected model_index.json (diffusers layout) or a "
@@ -97,45 +88,86 @@ def detect_layout(path: str | Path) -> Layout:
     )
 
 
-def _dit_candidates(directory: Path) -> list[Path]:
+def relative_names(directory: Path) -> list[str]:
+    """The top-level file names of `directory`, plus `transformer/config.json` when present."""
+    names = [p.name for p in directory.iterdir() if p.is_file()]
+    if (directory / "transformer" / "config.json").is_file():
+        names.append("transformer/config.json")
+    return names
+
+
+def layout_of_names(names: Collection[str]) -> Layout | None:
+    """The layout of a directory or Hub repository given its (relative) file names."""
+    if "model_index.json" in names or "transformer/config.json" in names:
+        return "diffusers"
+    if dit_file_candidates(names):
+        return "original"
+    return None
+
+
+def is_fp8_name(name: str) -> bool:
+    return "fp8" in name.lower()
+
+
+# transformers' weight files (a Qwen2.5-VL repository, a PEFT adapter): never a DiT.
+_TRANSFORMERS_WEIGHTS = re.compile(r"(model|adapter_model)(-\d+-of-\d+)?\.safetensors")
+
+
+def dit_file_candidates(names: Iterable[str]) -> list[str]:
+    """Top-level `.safetensors` names that may hold a DiT: not the VAE, not diffusers or
+    transformers weights."""
     return sorted(
-        p
-        for p in directory.glob("*.safetensors")
-        if p.name not in VAE_FILE_NAMES and not p.name.startswith("diffusion_pytorch_model")
+        name
+        for name in names
+        if "/" not in name
+        and name.endswith(".safetensors")
+        and name not in VAE_FILE_NAMES
+        and not name.startswith("diffusion_pytorch_model")
+        and not _TRANSFORMERS_WEIGHTS.fullmatch(name)
     )
 
 
-def find_original_files(path: str | Path) -> OriginalFiles:
-    """Locate the DiT file, the VAE file and the Qwen folder of an original-layout checkpoint."""
-    path = Path(path)
-    if path.is_file():
-        dit, directory = path, path.parent
+def choose_dit_file(names: Iterable[str], version: ModelVersion | None, where: str) -> str | None:
+    """The DiT file to load among a directory's (or a Hub repository's) top-level file names.
+
+    The official repository holds several DiT files (v1.0 and v1.1; FP8 and LoRA files may sit
+    next to them): the release file of `version` wins, else the newest release file; another
+    release's file never stands in for the one asked for. Without release files, a single file is
+    used whatever its name; an FP8 file only when nothing else is there (name the file itself to
+    pick it). None when no suitable file is present.
+    """
+    candidates = dit_file_candidates(names)
+    plain = [name for name in candidates if not is_fp8_name(name)]
+    wanted = NEWEST_FIRST if version is None else (version,)
+    releases = [DIT_FILE_NAMES[v] for v in wanted if DIT_FILE_NAMES[v] in plain]
+    other_releases = [DIT_FILE_NAMES[v] for v in NEWEST_FIRST if DIT_FILE_NAMES[v] in plain]
+    chosen: str | None
+    if releases:
+        chosen = releases[0]
+    elif other_releases:  # other releases are here, not the one asked for
+        chosen = None
+    elif len(plain) == 1:  # whatever its name; its keys must then agree with `version`
+        chosen = plain[0]
+    elif not plain and len(candidates) == 1:
+        chosen = candidates[0]
+    elif not candidates:
+        chosen = None
     else:
-        directory = path
-        candidates = _dit_candidates(directory)
-        # The official repository ships bf16 and FP8 DiT files side by side; the plain one wins
-        # unless the user names the FP8 file itself.
-        plain = [p for p in candidates if "fp8" not in p.name.lower()]
-        preferred = plain or candidates
-        if len(preferred) != 1:
-            names = [p.name for p in candidates]
-            raise WeightsError(
-                f"cannot tell which DiT file to load in {str(directory)!r}: found {names}; "
-                "pass the path of the DiT .safetensors file itself"
-            )
-        dit = preferred[0]
-    vaes = [directory / n for n in VAE_FILE_NAMES if (directory / n).is_file()]
-    if not vaes:
         raise WeightsError(
-            f"no VAE next to {dit.name!r} in {str(directory)!r}: expected one of {VAE_FILE_NAMES}"
+            f"cannot tell which DiT file to load in {where}: found {candidates}; name the "
+            ".safetensors file itself (a path, or org/name/<file> for a Hub repository)"
         )
-    return OriginalFiles(dit=dit, vae=vaes[0], text_encoder=find_qwen_folder(directory))
+    if chosen is not None and len(candidates) > 1:
+        reason = f"the {version} release" if version else "the newest release"
+        logger.info("%s holds DiT files %s; using %s (%s)", where, candidates, chosen, reason)
+    return chosen
 
 
 def find_qwen_folder(directory: Path) -> Path | None:
-    """The Qwen2.5-VL sub-folder: by its release name, else any folder whose config says so."""
+    """The Qwen2.5-VL sub-folder: by its release name (even if incomplete, so that what it lacks
+    is reported), else any folder whose config says so."""
     named = directory / QWEN_FOLDER_NAME
-    if (named / "config.json").is_file():
+    if named.is_dir():
         return named
     for child in sorted(p for p in directory.iterdir() if p.is_dir()):
         config = child / "config.json"
@@ -144,29 +176,64 @@ def find_qwen_folder(directory: Path) -> Path | None:
     return None
 
 
-def find_diffusers_files(path: str | Path) -> DiffusersFiles:
-    root = Path(path)
-    missing = [sub for sub in ("transformer", "vae") if not (root / sub / "config.json").is_file()]
-    if missing:
-        raise WeightsError(
-            f"diffusers-layout checkpoint {str(root)!r} lacks {missing} (each needs a config.json)"
-        )
-    text_encoder = root / "text_encoder"
-    processor = next(
-        (
-            root / sub
-            for sub in ("processor", "tokenizer")
-            if (root / sub).is_dir() and any((root / sub).iterdir())
-        ),
-        None,
+def find_processor_folder(root: Path) -> Path | None:
+    """A diffusers checkpoint's processor folder (`processor/`, or `tokenizer/`), if any."""
+    for name in PROCESSOR_FOLDER_NAMES:
+        folder = root / name
+        if folder.is_dir() and any(folder.iterdir()):
+            return folder
+    return None
+
+
+def weight_files(folder: Path, single_name: str, index_name: str) -> tuple[list[Path], list[str]]:
+    """The weight files of a component folder and the names of those missing.
+
+    Sharded (an index naming the shards), one file named `single_name`, or any `.safetensors`
+    files; with none of these, the single name is reported missing.
+    """
+    index = folder / index_name
+    if index.is_file():
+        shards = sorted(set(read_json(index).get("weight_map", {}).values()))
+        return [folder / name for name in shards], [
+            name for name in shards if not (folder / name).is_file()
+        ]
+    if (folder / single_name).is_file():
+        return [folder / single_name], []
+    found = (
+        sorted(p for p in folder.glob("*.safetensors") if p.is_file()) if folder.is_dir() else []
     )
-    return DiffusersFiles(
-        root=root,
-        transformer=root / "transformer",
-        vae=root / "vae",
-        text_encoder=text_encoder if (text_encoder / "config.json").is_file() else None,
-        processor=processor,
-    )
+    return found, [] if found else [single_name]
+
+
+def missing_component_files(folder: Path) -> list[str]:
+    """What a diffusers component folder (transformer/, vae/) lacks: config.json, weights."""
+    missing = [] if (folder / "config.json").is_file() else ["config.json"]
+    return missing + weight_files(folder, DIFFUSERS_WEIGHTS_NAME, DIFFUSERS_INDEX_NAME)[1]
+
+
+def missing_text_model_files(folder: Path) -> list[str]:
+    """What a Qwen2.5-VL model folder lacks: config.json, safetensors weights (all shards)."""
+    missing = [] if (folder / "config.json").is_file() else ["config.json"]
+    return missing + weight_files(folder, TEXT_ENCODER_WEIGHTS_NAME, TEXT_ENCODER_INDEX_NAME)[1]
+
+
+def missing_processor_files(folder: Path) -> list[str]:
+    """What a Qwen2.5-VL processor folder lacks: the tokenizer and the image processor config.
+
+    transformers 4 writes the image processor's settings to preprocessor_config.json (as the
+    releases have them), transformers 5 into processor_config.json; either is read.
+    """
+    missing = []
+    has_vocab = all((folder / name).is_file() for name in ("vocab.json", "merges.txt"))
+    if not (folder / "tokenizer.json").is_file() and not has_vocab:
+        missing.append("tokenizer.json")
+    if not (folder / "tokenizer_config.json").is_file():
+        missing.append("tokenizer_config.json")
+    if not any(
+        (folder / n).is_file() for n in ("preprocessor_config.json", "processor_config.json")
+    ):
+        missing.append("preprocessor_config.json")
+    return missing
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -179,26 +246,26 @@ def read_json(path: Path) -> dict[str, Any]:
     return cast(dict[str, Any], data)
 
 
-def safetensors_files(folder: Path) -> list[Path]:
-    """The weight files of a diffusers component folder: sharded (with an index) or single."""
-    index = folder / DIFFUSERS_INDEX_NAME
-    if index.is_file():
-        weight_map = read_json(index).get("weight_map", {})
-        return [folder / name for name in sorted(set(weight_map.values()))]
-    single = folder / DIFFUSERS_WEIGHTS_NAME
-    if single.is_file():
-        return [single]
-    found = sorted(folder.glob("*.safetensors"))
-    if not found:
-        raise WeightsError(f"no .safetensors weights in {str(folder)!r}")
-    return found
-
-
 def safetensors_keys(files: list[Path]) -> set[str]:
+    """Key names from the files' headers (no tensor data is read, and no torch is imported: a
+    safetensors file starts with the length of its JSON header, then the header)."""
+    if any(file.suffix == ".gguf" for file in files):
+        from stepedit.weights.gguf import gguf_keys
+
+        return gguf_keys(files)
     keys: set[str] = set()
     for file in files:
-        with safe_open(str(file), framework="pt") as handle:
-            keys.update(handle.keys())
+        try:
+            with file.open("rb") as handle:
+                (length,) = struct.unpack("<Q", handle.read(8))
+                if length > MAX_HEADER_BYTES:
+                    raise ValueError(f"a {length}-byte header")
+                header = json.loads(handle.read(length))
+        except (OSError, ValueError, struct.error) as exc:
+            raise WeightsError(f"cannot read the header of {str(file)!r}: {exc}") from exc
+        if not isinstance(header, dict):
+            raise WeightsError(f"cannot read the header of {str(file)!r}: not a JSON object")
+        keys.update(k for k in header if k != "__metadata__")
     return keys
 
 
@@ -227,38 +294,6 @@ def version_from_diffusers_config(config: dict[str, Any]) -> ModelVersion:
     if marked is not None:
         return check_version(str(marked))
     return "v1.2" if config.get("enable_text_token_mapping") else "v1.1"
-
-
-def detect_version(path: str | Path, override: str | None = None) -> ModelVersion:
-    """The model version of the checkpoint at `path`; `override` wins where it is compatible.
-
-    The version decides the DiT's structure (v1.0: connector.scale_factor; v1.2:
-    text_token_mapping), so an override that contradicts the weights is an error, except v1.0
-    over a diffusers checkpoint with no marker (the scale is then taken as folded, i.e. 1).
-    """
-    layout = detect_layout(path)
-    detected: ModelVersion
-    if layout == "original":
-        files = find_original_files(path)
-        detected = version_from_original_keys(safetensors_keys([files.dit]))
-        evidence = f"keys of {files.dit.name!r}"
-    else:
-        config = read_json(find_diffusers_files(path).transformer / "config.json")
-        detected = version_from_diffusers_config(config)
-        evidence = "transformer/config.json"
-    if override is None:
-        logger.info("detected model version %s from %s", detected, evidence)
-        return detected
-    wanted = check_version(override)
-    compatible = wanted == detected or (
-        layout == "diffusers" and {wanted, detected} == {"v1.0", "v1.1"}
-    )
-    if not compatible:
-        raise WeightsError(
-            f"version {wanted} was asked for but the checkpoint is {detected} (from {evidence}); "
-            "the DiT structures differ"
-        )
-    return wanted
 
 
 # --- configs of original-layout files, which carry none -------------------------------------------
