@@ -7,17 +7,19 @@ import os
 import re
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
-from stepedit.bench import (
+from stepedit.acceleration.bench import (
     BenchConfig,
     BenchReport,
     ModeResult,
     append_results,
     format_table,
+    official_options,
     psnr,
     run_bench,
     run_official,
@@ -36,24 +38,36 @@ def test_bench_command_runs_end_to_end_on_cpu(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     argv = ["bench", "--model", "dummy:tiny-v1.1", "--device", "cpu"]
-    argv += ["--sizes", "256", "--steps", "2"]
+    argv += ["--sizes", "256", "--aspects", "1:1,16:9", "--steps", "2", "--repeats", "1"]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "s/edit" in out and "exact" in out
+    # The table says what was measured: dtype, steps, and the kernel that ran.
+    assert "float32 · 2 steps" in out and "attention sdpa (runs " in out
 
     results = tmp_path / "benchmarks" / "RESULTS.md"
     (report,) = _results_json(results)
     env = report["environment"]
     assert isinstance(env, dict)
     assert {"gpu", "torch", "cuda", "driver", "stepedit_commit"} <= env.keys()
+    # What else ran on the machine and which tree was measured.
+    assert env["cpu"] and env["torch_threads"] >= 1 and env["load_avg_1m"] is not None
+    assert env["stepedit_dirty"] in (True, False)
     (mode,) = report["modes"]  # type: ignore[misc]
     assert mode["mode"] == "exact" and mode["load_s"] > 0
     assert mode["optimizations"]["compiled_blocks"] == 2
-    (size,) = mode["sizes"]
-    assert size["width"] == 256 and size["height"] == 256
+    assert mode["optimizations"]["compile_dynamic"] is True
+    square, wide = mode["sizes"]
+    assert square["width"] == 256 and square["height"] == 256
+    assert wide["aspect"] == "16:9" and wide["width"] > wide["height"]
     for key in ("seconds_per_edit", "encode_s", "step_mean_s", "step_median_s", "decode_s"):
-        assert size[key] > 0, key
-    assert size["edits_per_minute"] == pytest.approx(60 / size["seconds_per_edit"])
+        assert square[key] > 0, key
+    assert square["edits_per_minute"] == pytest.approx(60 / square["seconds_per_edit"])
+    # The square warm-up compiled the blocks; the new aspect ratio compiled nothing, and no
+    # timed edit did: no compile on a request.
+    assert square["warmup_compiled_graphs"] > 0
+    assert wide["warmup_compiled_graphs"] == 0
+    assert square["compiled_graphs"] == 0 and wide["compiled_graphs"] == 0
 
 
 @pytest.mark.slow
@@ -102,6 +116,30 @@ def test_results_accumulate_under_one_header(tmp_path: Path) -> None:
 def test_an_unknown_mode_fails_before_loading_anything() -> None:
     with pytest.raises(ValueError, match="unknown switch"):
         run_bench(BenchConfig(model="dummy:missing", device="cpu", modes=("exact+turbo",)))
+    with pytest.raises(ValueError, match="aspect ratio"):
+        run_bench(BenchConfig(model="dummy:missing", device="cpu", aspects=("wide",)))
+
+
+@pytest.mark.slow
+def test_modes_in_separate_runs_are_compared_with_one_exact_run(tmp_path: Path) -> None:
+    config = BenchConfig(
+        model="dummy:tiny-v1.1",
+        device="cpu",
+        dtype="float32",
+        sizes=(256,),
+        steps=4,
+        warmup=0,
+        repeats=1,
+        results=None,
+        reference_path=tmp_path / "reference.pt",
+        progress_path=tmp_path / "progress.jsonl",
+    )
+    run_bench(replace(config, modes=("plain",)))
+    (approx,) = run_bench(replace(config, modes=("plain+step_cache=0.5",))).modes
+    (size,) = approx.sizes
+    assert size.max_abs_diff is not None and size.max_abs_diff > 0  # against the first run
+    lines = config.progress_path.read_text().splitlines()  # type: ignore[union-attr]
+    assert [json.loads(line)["mode"] for line in lines] == ["plain", "plain+step_cache=0.5"]
 
 
 def test_psnr_of_identical_and_perturbed_latents() -> None:
@@ -123,6 +161,19 @@ def test_bench_runs_cfg_parallel_on_two_gloo_ranks(tmp_path: Path) -> None:
     (report,) = _results_json(tmp_path / "benchmarks" / "RESULTS.md")
     assert report["environment"]["world_size"] == 2  # type: ignore[index]
     assert "CFG-parallel" in str(report["modes"][0]["optimizations"]["notes"])  # type: ignore[index]
+
+
+def test_the_official_code_gets_only_the_arguments_its_signature_takes() -> None:
+    class V10Era:  # stepfun-ai/Step1X-Edit as first released: no version, no mode
+        def __init__(self, dit_path, ae_path, qwen2vl_model_path, device="cuda", max_length=640):
+            pass
+
+    class Upstream:  # later upstream code: version= and mode= ("flash" or "xdit")
+        def __init__(self, dit_path, ae_path, qwen2vl_model_path, mode="flash", version="v1.0"):
+            pass
+
+    assert official_options(V10Era, "v1.1") == {}
+    assert official_options(Upstream, "v1.1") == {"version": "v1.1", "mode": "flash"}
 
 
 FAKE_OFFICIAL = """
@@ -161,7 +212,44 @@ def test_compare_official_times_the_official_code_with_the_same_weights(tmp_path
     assert row["size"] == 256, row
     assert 0.01 <= row["seconds_per_edit"] < 5 and row["edits_per_minute"] > 0
     assert (tmp_path / "work" / "checkpoint" / "vae.safetensors").exists()
+    assert row["options"] == {"version": "v1.1"}
+
+    # The v1.0-era checkout's ImageGenerator has no version=: it runs, and the row says how.
+    v10_era = FAKE_OFFICIAL.replace("max_length, version):", "max_length):").replace(
+        'and version == "v1.1"', ""
+    )
+    (official / "inference.py").write_text(v10_era)
+    (row,) = run_official(config, tmp_path / "work")
+    assert row["options"] == {} and "no version=" in row["note"], row
 
     (official / "inference.py").write_text("raise ImportError('no xfuser here')")
     (row,) = run_official(config, tmp_path / "work")  # reuses the written checkpoint
     assert "no xfuser here" in row["error"]
+
+
+@pytest.mark.slow
+def test_gpu_check_dry_run_goes_through_every_step_on_the_cpu(tmp_path: Path) -> None:
+    """benchmarks/gpu-check.sh --dry-run: the GPU session's script, end to end, tiny model."""
+    script = Path(__file__).parents[1] / "benchmarks" / "gpu-check.sh"
+    out = tmp_path / "out"
+    env = {**os.environ, "OUT": str(out), "GPU_CHECK_PYTHON": sys.executable}
+    done = subprocess.run(
+        ["bash", str(script), "--dry-run"], env=env, capture_output=True, text=True, timeout=900
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    summary = (out / "summary.txt").read_text()
+    for name in ("1. pytest -m gpu", "2. attention kernels", "3. bench", "4. bench fast"):
+        assert f"{name}" in summary
+    assert "FAILED" not in summary and "TIMED OUT" not in summary, summary
+    # Every mode has its rows or says why it did not run; plain is compared with exact.
+    lines = summary.splitlines()
+
+    def rows(mode: str) -> list[str]:
+        return [line for line in lines if line.startswith(f"{mode} ")]
+
+    assert "not run: FP8" in rows("fast")[0] and "not run: FP8" in rows("24gb")[0]
+    assert len(rows("plain")) == 2  # square and 16:9
+    assert all("inf" in row.split() for row in rows("exact-compile"))  # = plain (PSNR inf)
+    assert "default dispatch" in summary  # the attention kernels were timed
+    modes = [json.loads(line)["mode"] for line in (out / "bench.jsonl").read_text().splitlines()]
+    assert modes == ["plain", "exact-compile", "fast", "24gb"]

@@ -10,8 +10,16 @@ from dataclasses import dataclass
 
 import torch
 
-from stepedit.model import DIT_PRESETS, Step1XEditDiT, init_random_weights
-from stepedit.sampling import get_schedule, pack, prepare_ids
+from seeded import init_random_weights
+from stepedit.model import DIT_PRESETS, Step1XEditDiT
+from stepedit.sampling import (
+    Conditioning,
+    Schedule,
+    denoise,
+    get_schedule,
+    pack,
+    prepare_image_ids,
+)
 
 TXT_LEN = 8
 
@@ -28,10 +36,38 @@ class EditInputs:
     img: torch.Tensor  # [B, L, 64] noisy tokens
     ref_img: torch.Tensor  # [B, L, 64]
     img_ids: torch.Tensor  # [B, 2L, 3]
-    txt_ids: torch.Tensor  # [2B, T, 3]
-    llm_embedding: torch.Tensor  # [2B, T, C]
-    mask: torch.Tensor  # [2B, T]
-    timesteps: list[float]
+    positive: Conditioning  # batch B
+    negative: Conditioning  # batch B
+    schedule: Schedule
+
+    def denoise(
+        self,
+        model: object,
+        *,
+        batch_cfg: bool = True,
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> torch.Tensor:
+        """`sampling.denoise` over these inputs with guidance 4 (on `device` in `dtype`)."""
+
+        def to(t: torch.Tensor) -> torch.Tensor:
+            return t.to(device, dtype)
+
+        def text(c: Conditioning) -> Conditioning:
+            return c.to(device or torch.device("cpu"), dtype or c.emb.dtype)
+
+        with torch.no_grad():
+            return denoise(
+                model,  # type: ignore[arg-type]
+                to(self.img),
+                self.img_ids.to(device),  # positions stay float32, as the pipeline makes them
+                to(self.ref_img),
+                text(self.positive),
+                text(self.negative),
+                self.schedule,
+                4.0,
+                batch_cfg=batch_cfg,
+            )
 
 
 def make_inputs(seed: int, *, batch: int = 1, size: int = 64, steps: int = 6) -> EditInputs:
@@ -40,17 +76,16 @@ def make_inputs(seed: int, *, batch: int = 1, size: int = 64, steps: int = 6) ->
     latent = size // 8
     noise = pack(torch.randn(batch, 16, latent, latent, generator=g))
     ref = pack(torch.randn(batch, 16, latent, latent, generator=g))
-    img_ids, txt_ids = prepare_ids(2 * batch, latent, latent, TXT_LEN, "v1.1")
     config = DIT_PRESETS["tiny-v1.1"]
     emb = torch.randn(2 * batch, TXT_LEN, config.connector_in_channels, generator=g)
     mask = torch.ones(2 * batch, TXT_LEN, dtype=torch.long)
     mask[:, TXT_LEN - 2 :] = 0  # padded tail, as the encoder pads to its max length
+    txt_ids = torch.zeros(batch, TXT_LEN, 3)
     return EditInputs(
         img=noise,
         ref_img=ref,
-        img_ids=img_ids[:batch],
-        txt_ids=txt_ids,
-        llm_embedding=emb,
-        mask=mask,
-        timesteps=get_schedule(steps, noise.shape[1]),
+        img_ids=prepare_image_ids(batch, latent, latent, "offset"),
+        positive=Conditioning(emb[:batch], mask[:batch], txt_ids),
+        negative=Conditioning(emb[batch:], mask[batch:], txt_ids),
+        schedule=get_schedule(steps, noise.shape[1]),
     )

@@ -12,7 +12,6 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from stepedit.acceleration.cfg_parallel import CFGParallelDiT, init_cfg_parallel
-from stepedit.sampling import denoise
 
 
 def _free_port() -> int:
@@ -24,13 +23,7 @@ def _free_port() -> int:
 def _denoise(model: torch.nn.Module) -> torch.Tensor:
     from accel_tiny_edit import make_inputs  # type: ignore[import-not-found]
 
-    x = make_inputs(30, steps=3)
-    with torch.no_grad():
-        return denoise(
-            model,  # type: ignore[arg-type]
-            x.img, x.img_ids, x.ref_img, x.txt_ids, x.llm_embedding, x.mask, x.timesteps, 4.0,
-            batch_cfg=True,
-        )  # fmt: skip
+    return make_inputs(30, steps=3).denoise(model, batch_cfg=True)
 
 
 def _worker(rank: int, port: int, out_dir: str, tests_dir: str) -> None:

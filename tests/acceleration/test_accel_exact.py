@@ -8,56 +8,33 @@ import shutil
 import pytest
 import torch
 from accel_tiny_edit import make_inputs  # type: ignore[import-not-found]
-from PIL import Image
 from torch import nn
 
+from seeded import init_random_weights
 from stepedit.acceleration import AccelerationUnavailable, OptimizationConfig, preset
+from stepedit.acceleration.bench import sample_image
 from stepedit.acceleration.compile import compile_blocks
-from stepedit.acceleration.encoding_cache import CachedEncoder
 from stepedit.acceleration.fp8 import check_fp8_device
 from stepedit.acceleration.offload import StreamedModule
-from stepedit.acceleration.request_batching import (
-    DenoiseRequest,
-    group_by_shape,
-    split_rows,
-    stack_requests,
-)
 from stepedit.acceleration.vae_tiling import decode_tiled, tile_starts, tiled_decoder
-from stepedit.bench import sample_image
-from stepedit.model import AE_PRESETS, AutoEncoder, init_random_weights
+from stepedit.model import AE_PRESETS, AutoEncoder
 from stepedit.pipeline import EditPipeline
-from stepedit.sampling import denoise
-
-
-def run_denoise(model: nn.Module, x, *, batch_cfg: bool = True) -> torch.Tensor:  # type: ignore[no-untyped-def]
-    with torch.no_grad():
-        return denoise(
-            model,  # type: ignore[arg-type]
-            x.img, x.img_ids, x.ref_img, x.txt_ids, x.llm_embedding, x.mask, x.timesteps, 4.0,
-            batch_cfg=batch_cfg,
-        )  # fmt: skip
+from stepedit.request import EditRequest
 
 
 def test_batched_cfg_equals_two_forwards(tiny_dit) -> None:
     x = make_inputs(10, steps=4)
-    batched = run_denoise(tiny_dit, x, batch_cfg=True)
-    sequential = run_denoise(tiny_dit, x, batch_cfg=False)
+    batched = x.denoise(tiny_dit, batch_cfg=True)
+    sequential = x.denoise(tiny_dit, batch_cfg=False)
     assert torch.allclose(batched, sequential, rtol=1e-4, atol=1e-4)
 
 
 def _final_latents(pipeline: EditPipeline) -> torch.Tensor:
-    """The latents the pipeline hands to its VAE decoder for a fixed 256 px edit."""
-    captured: list[torch.Tensor] = []
-    decode = pipeline.ae.decode
-
-    def capture(z: torch.Tensor) -> torch.Tensor:
-        captured.append(z)
-        return decode(z)  # type: ignore[no-any-return]
-
-    pipeline.ae.decode = capture
-    pipeline(sample_image(256), "make it red", num_inference_steps=2, seed=3, size_level=256)
-    pipeline.ae.decode = decode
-    return captured[0]
+    """The denoised latents of a fixed 256 px edit."""
+    request = EditRequest(prompt="make it red", num_inference_steps=2, seed=3, size_level=256)
+    latents = pipeline(sample_image(256), request).latents
+    assert latents is not None
+    return latents
 
 
 @pytest.mark.slow
@@ -73,37 +50,6 @@ def test_compiled_blocks_equal_eager() -> None:
     assert torch.allclose(compiled, eager, rtol=1e-4, atol=1e-4)
     # The state dict is the DiT's own: a checkpoint loads into a compiled model unchanged.
     assert list(pipeline.dit.state_dict()) == keys
-
-
-def _image(color: tuple[int, int, int]) -> Image.Image:
-    return Image.new("RGB", (32, 32), color)
-
-
-def test_encoding_cache_returns_what_a_fresh_encode_does() -> None:
-    calls: list[list[str]] = []
-
-    def encode(prompts: list[str], images: list[Image.Image]) -> tuple[torch.Tensor, torch.Tensor]:
-        calls.append(list(prompts))
-        rows = [
-            torch.full((4, 3), float(len(p)) + sum(im.getpixel((0, 0))))  # type: ignore[arg-type]
-            for p, im in zip(prompts, images, strict=True)
-        ]
-        return torch.stack(rows), torch.ones(len(prompts), 4, dtype=torch.long)
-
-    cached = CachedEncoder(encode, capacity=4)
-    red, blue = _image((255, 0, 0)), _image((0, 0, 255))
-    first = cached(["make it blue", ""], [red, red])
-    second = cached(["add a hat", ""], [red, red])
-    third = cached(["add a hat", ""], [blue, blue])
-    assert calls == [["make it blue", ""], ["add a hat"], ["add a hat", ""]]
-    for got, prompts, images in [
-        (first, ["make it blue", ""], [red, red]),
-        (second, ["add a hat", ""], [red, red]),
-        (third, ["add a hat", ""], [blue, blue]),
-    ]:
-        want = encode(prompts, images)
-        assert all(torch.equal(g, w) for g, w in zip(got, want, strict=True))
-    assert cached.hits == 1
 
 
 class _PixelDecoder(nn.Module):
@@ -148,37 +94,6 @@ def test_tiled_decode_of_the_vae_stays_close_and_small_images_are_untouched() ->
     assert error < 0.35
 
 
-def test_stacked_requests_denoise_like_each_alone(tiny_dit) -> None:
-    requests = []
-    for seed in (20, 21, 22):
-        x = make_inputs(seed, steps=3)
-        requests.append(
-            DenoiseRequest(x.img, x.img_ids, x.ref_img, x.txt_ids, x.llm_embedding, x.mask)
-        )
-    other_size = make_inputs(23, size=48, steps=3)
-    odd = DenoiseRequest(
-        other_size.img,
-        other_size.img_ids,
-        other_size.ref_img,
-        other_size.txt_ids,
-        other_size.llm_embedding,
-        other_size.mask,
-    )
-    assert group_by_shape([*requests, odd]) == [[0, 1, 2], [3]]
-    timesteps = make_inputs(20, steps=3).timesteps
-
-    def run(r: DenoiseRequest) -> torch.Tensor:
-        with torch.no_grad():
-            return denoise(
-                tiny_dit, r.img, r.img_ids, r.ref_img, r.txt_ids, r.llm_embedding, r.mask,
-                timesteps, 4.0,
-            )  # fmt: skip
-
-    together = split_rows(run(stack_requests(requests)), requests)
-    for request, result in zip(requests, together, strict=True):
-        assert torch.allclose(result, run(request), rtol=1e-4, atol=1e-4)
-
-
 def test_streamed_module_computes_the_same() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 4))
@@ -212,8 +127,19 @@ def test_presets_compose_the_switches() -> None:
 def test_streaming_the_tiny_qwen_keeps_its_encodings() -> None:
     pipeline = EditPipeline.from_pretrained("dummy:tiny-v1.1", device="cpu", dtype=torch.float32)
     image = sample_image(256)
-    expected = pipeline.encoder(["add a hat", ""], [image, image])
+    expected = [pipeline.encoder.encode(p, image).emb for p in ("add a hat", "")]
     streamer = StreamedModule(pipeline.components.text_model, torch.device("cpu"))
-    got = pipeline.encoder(["add a hat", ""], [image, image])
+    got = [pipeline.encoder.encode(p, image).emb for p in ("add a hat", "")]
     streamer.remove()
     assert all(torch.equal(g, e) for g, e in zip(got, expected, strict=True))
+
+
+def test_presets_set_the_pipelines_own_switches() -> None:
+    from stepedit.acceleration import apply_optimizations
+
+    pipeline = EditPipeline.from_pretrained("dummy:tiny-v1.1", device="cpu", dtype=torch.float32)
+    applied = apply_optimizations(pipeline, OptimizationConfig(batch_cfg=False))
+    assert pipeline.batch_cfg is False and pipeline.cache_negative_encoding is False
+    assert applied.summary()["batch_cfg"] is False
+    apply_optimizations(pipeline, OptimizationConfig(batch_cfg=True, cache_negative_encoding=True))
+    assert pipeline.batch_cfg and pipeline.cache_negative_encoding

@@ -1,27 +1,16 @@
 from __future__ import annotations
 
+import dataclasses
+
 import torch
+from accel_tiny_edit import EditInputs
 
 from stepedit.acceleration.config import StepCacheConfig
 from stepedit.acceleration.step_cache import StepCachedDiT
-from stepedit.sampling import denoise
 
 
-def run(model: torch.nn.Module, inputs: object, *, batch_cfg: bool = True) -> torch.Tensor:
-    x = inputs  # EditInputs
-    with torch.no_grad():
-        return denoise(
-            model,  # type: ignore[arg-type]
-            x.img,  # type: ignore[attr-defined]
-            x.img_ids,  # type: ignore[attr-defined]
-            x.ref_img,  # type: ignore[attr-defined]
-            x.txt_ids,  # type: ignore[attr-defined]
-            x.llm_embedding,  # type: ignore[attr-defined]
-            x.mask,  # type: ignore[attr-defined]
-            x.timesteps,  # type: ignore[attr-defined]
-            4.0,
-            batch_cfg=batch_cfg,
-        )
+def run(model: torch.nn.Module, inputs: EditInputs, *, batch_cfg: bool = True) -> torch.Tensor:
+    return inputs.denoise(model, batch_cfg=batch_cfg)
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -60,27 +49,44 @@ def test_high_threshold_skips_steps_and_reports_deviation(tiny_dit, make_inputs)
 
 def test_two_forward_cfg_keeps_one_cache_per_branch(tiny_dit, make_inputs) -> None:
     inputs = make_inputs(2, steps=6)
-    batched = StepCachedDiT(tiny_dit, StepCacheConfig(threshold=0.3), branches=1)
-    sequential = StepCachedDiT(tiny_dit, StepCacheConfig(threshold=0.3), branches=2)
+    batched = StepCachedDiT(tiny_dit, StepCacheConfig(threshold=0.3))
+    sequential = StepCachedDiT(tiny_dit, StepCacheConfig(threshold=0.3))
     out_batched = run(batched, inputs, batch_cfg=True)
     out_sequential = run(sequential, inputs, batch_cfg=False)
     # Per-branch decisions may differ from the joint one, but the step counts add up per branch.
     assert sequential.stats().total == 2 * 6
     assert batched.stats().total == 6
-    exact = StepCachedDiT(tiny_dit, StepCacheConfig(threshold=0.0), branches=2)
+    exact = StepCachedDiT(tiny_dit, StepCacheConfig(threshold=0.0))
     plain = run(tiny_dit, inputs)
     assert torch.allclose(run(exact, inputs, batch_cfg=False), plain, rtol=1e-4, atol=1e-4)
     assert out_batched.shape == out_sequential.shape
 
 
+def test_unpadded_prompts_of_different_lengths_are_cached_per_branch(tiny_dit, make_inputs) -> None:
+    # v1.2: the positive and the negative prompt have their own lengths, so the sampler runs
+    # two forwards per step even with batched CFG; each branch still skips on its own.
+    inputs = make_inputs(5, steps=10)
+    short = inputs.negative
+    negative = type(short)(short.emb[:, :5], short.mask[:, :5], short.txt_ids[:, :5])
+    v12_like = dataclasses.replace(inputs, negative=negative)
+    cached = StepCachedDiT(tiny_dit, StepCacheConfig(threshold=1.5, warmup_steps=2))
+    run(cached, v12_like)
+    assert cached.stats().total == 2 * 10
+    assert cached.stats().skipped > 0
+
+
 def test_a_new_edit_resets_the_cache(tiny_dit, make_inputs) -> None:
     cached = StepCachedDiT(tiny_dit, StepCacheConfig(threshold=10.0, warmup_steps=2))
     first = run(cached, make_inputs(3, steps=5))
-    assert cached.stats().total == 5
+    first_stats = cached.stats()
+    assert first_stats.total == 5 and first_stats.skipped > 0
     second = run(cached, make_inputs(3, steps=5))
     # Same inputs, fresh state: the same skips and the same result, not a residual from before.
-    assert cached.stats().total == 5
+    # The counts add up until an explicit reset (a reasoning request's rounds are one edit each).
+    assert cached.stats().skipped == 2 * first_stats.skipped
     assert torch.equal(first, second)
+    cached.reset()
+    assert cached.stats().total == 0
 
 
 def test_wrapping_leaves_the_dit_untouched(tiny_dit, make_inputs) -> None:

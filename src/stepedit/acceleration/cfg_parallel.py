@@ -20,19 +20,26 @@ WORLD_SIZE = 2
 
 
 def init_cfg_parallel(backend: str | None = None) -> torch.device:
-    """Join the process group torchrun set up; returns this rank's device."""
+    """Join the process group torchrun set up; returns this rank's device.
+
+    With NCCL the rank's GPU (LOCAL_RANK) is made current and bound to the group
+    (`device_id`) before the first collective, so NCCL neither guesses the device nor warns.
+    """
+    if backend is None:
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+    device = torch.device("cpu")
+    if backend == "nccl":
+        if not torch.cuda.is_available():
+            raise RuntimeError("CFG-parallel over NCCL needs CUDA devices")
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
     if not dist.is_initialized():
-        if backend is None:
-            backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend=backend)
+        options = {"device_id": device} if backend == "nccl" else {}
+        dist.init_process_group(backend=backend, **options)  # type: ignore[arg-type]
     if dist.get_world_size() != WORLD_SIZE:
         size = dist.get_world_size()
         raise RuntimeError(f"CFG-parallel needs exactly {WORLD_SIZE} ranks, got {size}")
-    if torch.cuda.is_available() and dist.get_backend() == "nccl":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", dist.get_rank())))
-        torch.cuda.set_device(device)
-        return device
-    return torch.device("cpu")
+    return device
 
 
 def _half(value: Any, rank: int, batch: int) -> Any:

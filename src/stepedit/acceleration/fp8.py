@@ -5,7 +5,12 @@ matmuls run on Hopper's FP8 tensor cores (`torch._scaled_mm`). Only the Linears 
 double and single blocks are quantized: they hold 11.8 of the DiT's 12.4 B parameters, while the
 embedders, the connector and the final layer are small and the most sensitive to rounding.
 
-torchao is imported lazily: it is an optional extra (`pip install stepedit[fp8]`).
+torchao is imported lazily: it is an optional extra (`pip install stepedit[fp8]`). Checked
+against torchao 0.18 (`Float8DynamicActivationFloat8WeightConfig`, `PerRow`, `quantize_` with
+`filter_fn`; the config API exists since 0.10, the function-style spelling is gone). Its per-row
+path asserts bf16 weights, so weights stored in float8 by an FP8 checkpoint
+(`stepedit.weights.native.Float8StorageLinear`) are upcast to bf16 first (exact: every float8
+value is a bf16 value) and torchao then requantizes them with per-row scales.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ import torch
 from torch import nn
 
 from stepedit.acceleration.attention import AccelerationUnavailable
+
+FLOAT8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +43,24 @@ def check_fp8_device(device: torch.device) -> None:
         name = torch.cuda.get_device_name(device)
         raise AccelerationUnavailable(
             f"FP8 needs compute capability 8.9 or newer; {name} has {capability[0]}.{capability[1]}"
+            " (without FP8 use --optimize exact; with --offload the bf16 DiT, about 25 GB, must "
+            "fit on the GPU)"
         )
+
+
+def check_fp8_dtype(dtype: torch.dtype) -> None:
+    """torchao's per-row float8 path takes bf16 weights and activations only."""
+    if dtype != torch.bfloat16:
+        raise AccelerationUnavailable(
+            f"FP8 needs the bf16 pipeline (torchao's per-row float8 takes bf16), not {dtype}"
+        )
+
+
+def torchao_version() -> str | None:
+    try:
+        return str(importlib.import_module("torchao").__version__)
+    except ImportError:
+        return None
 
 
 def _fp8_config() -> Any:
@@ -44,11 +68,26 @@ def _fp8_config() -> Any:
         quantization = importlib.import_module("torchao.quantization")
     except ImportError as exc:
         raise AccelerationUnavailable("FP8 needs torchao: pip install 'stepedit[fp8]'") from exc
-    granularity = quantization.PerRow()
-    if hasattr(quantization, "Float8DynamicActivationFloat8WeightConfig"):
-        return quantization.Float8DynamicActivationFloat8WeightConfig(granularity=granularity)
-    # torchao < 0.10 spells the same config as a function.
-    return quantization.float8_dynamic_activation_float8_weight(granularity=granularity)
+    config_type = getattr(quantization, "Float8DynamicActivationFloat8WeightConfig", None)
+    if config_type is None:
+        raise AccelerationUnavailable(
+            f"torchao {torchao_version()} has no Float8DynamicActivationFloat8WeightConfig: "
+            "pip install 'stepedit[fp8]' (torchao >= 0.14)"
+        )
+    return config_type(granularity=quantization.PerRow())
+
+
+def upcast_float8_storage(module: nn.Module, dtype: torch.dtype = torch.bfloat16) -> int:
+    """Turn the FP8-storage Linears of `module` (an FP8 checkpoint's block Linears) into plain
+    `dtype` Linears, in place, on their current device; returns how many were converted."""
+    count = 0
+    for child in module.modules():
+        if isinstance(child, nn.Linear) and child.weight.dtype in FLOAT8_DTYPES:
+            weight = child.weight.detach().to(dtype)
+            child.__class__ = nn.Linear  # drop Float8StorageLinear's per-call upcast
+            child.weight = nn.Parameter(weight, requires_grad=False)
+            count += 1
+    return count
 
 
 def is_fp8_eligible(module: nn.Module, fqn: str = "") -> bool:
@@ -67,19 +106,30 @@ def quantize_dit_fp8(dit: nn.Module, device: torch.device) -> int:
     one bf16 block, so a DiT loaded on the CPU fits a 24 GB card. Returns the number of Linears.
     """
     check_fp8_device(device)
-    quantization = importlib.import_module("torchao.quantization")
+    return quantize_blocks(dit, device)
+
+
+def quantize_blocks(dit: nn.Module, device: torch.device) -> int:
+    """`quantize_dit_fp8` without the device check (torchao itself checks the hardware)."""
     config = _fp8_config()
-    count = 0
+    quantization = importlib.import_module("torchao.quantization")
+    count = upcast = 0
     for name, child in dit.named_children():
         if name in _BLOCK_LISTS:
             assert isinstance(child, nn.ModuleList)
             for block in child:
                 block.to(device)
+                upcast += upcast_float8_storage(block)
                 count += sum(1 for m in block.modules() if is_fp8_eligible(m))
                 quantization.quantize_(block, config, filter_fn=is_fp8_eligible)
         else:
             child.to(device)
     dit.to(device)  # parameters and buffers held by the DiT itself
-    torch.cuda.empty_cache()
-    logger.info("FP8: quantized %d Linear layers of the DiT blocks", count)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    if upcast:
+        logger.info("FP8: %d float8-stored Linears upcast to bf16 for torchao", upcast)
+    logger.info(
+        "FP8: quantized %d Linear layers of the DiT blocks (torchao %s)", count, torchao_version()
+    )
     return count

@@ -11,9 +11,11 @@ swaps `double_blocks` / `single_blocks` for thin gates around the same block mod
 DiT's forward (connector, embedders, final layer) runs unchanged and nothing is copied. The
 state dict of the wrapped DiT is untouched.
 
-The cache keeps one state per CFG branch: with cond and uncond batched it sees one call per step;
-with two forwards per step it sees cond, uncond alternately (`branches=2`). A call at a timestep
-not below the last one of branch 0, or with new shapes, starts a new edit and clears the state.
+The cache keeps one state per CFG branch, keyed by the text conditioning the call carries (the
+sampler passes the same tensors at every step: one batched [positive | negative] tensor, or the
+positive and the negative ones in two forwards, as for v1.2's unpadded prompts of different
+lengths). A call with new text tensors beyond two branches, at a timestep not below its branch's
+last one, or with new shapes, starts a new edit and clears the state.
 """
 
 from __future__ import annotations
@@ -119,17 +121,14 @@ class _SingleGate(nn.Module):
 class StepCachedDiT(nn.Module):
     """A DiT whose forward skips all but the first block on steps the cache deems unchanged."""
 
-    def __init__(self, dit: nn.Module, config: StepCacheConfig, *, branches: int = 1) -> None:
+    def __init__(self, dit: nn.Module, config: StepCacheConfig) -> None:
         super().__init__()
         doubles: list[nn.Module] = list(_blocks(dit, "double_blocks"))
         singles: list[nn.Module] = list(_blocks(dit, "single_blocks"))
         if not doubles or not singles:
             raise ValueError("the step cache needs at least one double and one single block")
-        if branches not in (1, 2):
-            raise ValueError(f"branches must be 1 (batched CFG) or 2, got {branches}")
         self.dit = dit
         self.cache_config = config
-        self.branches = branches
         # Plain tuples: the gates hold the DiT's own blocks, which must not be registered twice.
         self._gated_double = (
             nn.ModuleList(
@@ -141,9 +140,10 @@ class StepCachedDiT(nn.Module):
                 [_SingleGate(b, self, is_last=i == len(singles) - 1) for i, b in enumerate(singles)]
             ),
         )
-        self._states = [_BranchState() for _ in range(branches)]
-        self._calls = 0
-        self._state = self._states[0]
+        self._states: dict[tuple[int, tuple[int, ...]], _BranchState] = {}
+        self._state = _BranchState()
+        self._last_timestep: float | None = None
+        self._earlier = StepCacheStats()  # edits started since the last reset(), finished
 
     @property
     def config(self) -> Any:
@@ -153,24 +153,27 @@ class StepCachedDiT(nn.Module):
     # -- public ---------------------------------------------------------------------------------
 
     def reset(self) -> None:
-        """Forget everything cached; call between edits when they may be interrupted."""
-        self._states = [_BranchState() for _ in range(self.branches)]
-        self._calls = 0
-        self._state = self._states[0]
+        """Forget everything cached and counted; call between edits when they may be
+        interrupted."""
+        self._start_edit()
+        self._earlier = StepCacheStats()
 
     def stats(self) -> StepCacheStats:
-        """Computed and skipped forwards since the last reset, summed over the CFG branches."""
-        total = StepCacheStats()
-        for state in self._states:
+        """Computed and skipped forwards since the last reset, summed over the CFG branches and
+        over the edits begun since (a reasoning request's rounds are one edit each)."""
+        total = StepCacheStats(self._earlier.computed, self._earlier.skipped)
+        for state in self._states.values():
             total.computed += state.stats.computed
             total.skipped += state.stats.skipped
         return total
 
     def forward(self, img: Tensor, img_ids: Tensor, *args: Any, **kwargs: Any) -> Tensor:
         timesteps = kwargs.get("timesteps", args[1] if len(args) > 1 else None)
-        if not isinstance(timesteps, Tensor):
-            raise TypeError("StepCachedDiT needs the timesteps tensor (4th argument or keyword)")
-        self._select_branch(float(timesteps.flatten()[0]), (tuple(img.shape),))
+        text = kwargs.get("llm_embedding", args[2] if len(args) > 2 else None)
+        if not isinstance(timesteps, Tensor) or not isinstance(text, Tensor):
+            raise TypeError("StepCachedDiT needs the timesteps and llm_embedding tensors")
+        branch = (text.data_ptr(), tuple(text.shape))
+        self._select_branch(branch, float(timesteps.flatten()[0]), (tuple(img.shape),))
         with self._gated_blocks():
             out: Tensor = self.dit(img, img_ids, *args, **kwargs)
         state = self._state
@@ -186,20 +189,44 @@ class StepCachedDiT(nn.Module):
 
     # -- internals ------------------------------------------------------------------------------
 
-    def _select_branch(self, timestep: float, shapes: tuple[tuple[int, ...], ...]) -> None:
-        branch = self._calls % self.branches
-        state = self._states[branch]
-        is_new_edit = state.shapes != shapes or (
-            state.last_timestep is not None and timestep >= state.last_timestep
+    def _select_branch(
+        self,
+        branch: tuple[int, tuple[int, ...]],
+        timestep: float,
+        shapes: tuple[tuple[int, ...], ...],
+    ) -> None:
+        # A new edit: time went back up, the same text tensors came again from the top, a
+        # third branch appeared, or the shapes changed.
+        state = self._states.get(branch)
+        is_new_edit = (
+            (self._last_timestep is not None and timestep > self._last_timestep)
+            or (state is None and len(self._states) >= 2)
+            or (
+                state is not None
+                and (
+                    state.shapes != shapes
+                    or (state.last_timestep is not None and timestep >= state.last_timestep)
+                )
+            )
         )
-        if branch == 0 and is_new_edit and state.last_timestep is not None:
-            self.reset()
-            state = self._states[0]
+        if is_new_edit:
+            self._start_edit()
+            state = None
+        if state is None:
+            state = self._states[branch] = _BranchState()
         state.shapes = shapes
         state.last_timestep = timestep
         state.skipping = False
         self._state = state
-        self._calls += 1
+        self._last_timestep = timestep
+
+    def _start_edit(self) -> None:
+        for finished in self._states.values():
+            self._earlier.computed += finished.stats.computed
+            self._earlier.skipped += finished.stats.skipped
+        self._states = {}
+        self._state = _BranchState()
+        self._last_timestep = None
 
     @contextmanager
     def _gated_blocks(self) -> Iterator[None]:

@@ -1,4 +1,4 @@
-"""`stepedit bench`: time full edits per optimization mode and size (see stepedit.bench)."""
+"""`stepedit bench`: time edits per optimization mode and size (stepedit.acceleration.bench)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,14 @@ def _sizes(text: str) -> tuple[int, ...]:
     return tuple(int(s) for s in text.replace(",", " ").split())
 
 
+def _dtype(text: str) -> str:
+    """bf16/fp16/fp32 as for edit and serve (torch's own names are accepted too)."""
+    names = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+    if text not in names and text not in names.values():
+        raise argparse.ArgumentTypeError(f"{text!r}: use bf16, fp16 or fp32")
+    return names.get(text, text)
+
+
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "bench",
@@ -20,18 +28,44 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--model", default="dummy:v1.1", help="checkpoint dir or dummy:<preset>")
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--dtype", default=None, help="bfloat16 on CUDA, float32 on CPU")
+    parser.add_argument(
+        "--dtype", type=_dtype, default=None, help="bf16, fp16 or fp32 (default: bf16 on CUDA)"
+    )
     parser.add_argument("--sizes", type=_sizes, default=(512, 768, 1024), help="e.g. 512,1024")
+    parser.add_argument(
+        "--aspects",
+        type=lambda text: tuple(a for a in text.replace(",", " ").split()),
+        default=("1:1",),
+        help="source aspect ratios W:H, each at every size, e.g. 1:1,16:9 (default 1:1)",
+    )
     parser.add_argument("--steps", type=int, default=28)
     parser.add_argument(
-        "--mode",
+        "--optimize",
+        dest="mode",
         action="append",
-        metavar="MODE",
+        metavar="PRESET",
         help="optimization preset (plain, exact, fast, 24gb), optionally with switches added or "
         "removed, e.g. plain+compile, exact-compile, exact+step_cache=0.05; repeat to run "
         "several (default: exact)",
     )
+    parser.add_argument(  # the older spelling, still accepted
+        "--mode", action="append", help=argparse.SUPPRESS, default=argparse.SUPPRESS
+    )
     parser.add_argument("--warmup", type=int, default=1, help="untimed edits per size")
+    parser.add_argument(
+        "--warmup-steps", type=int, default=None, help="steps of a warm-up edit (default: --steps)"
+    )
+    parser.add_argument(
+        "--reference",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="exact-mode latents kept across runs, so modes run in separate processes are "
+        "compared with the same exact run",
+    )
+    parser.add_argument(
+        "--progress", type=Path, default=None, metavar="FILE", help="a JSON line per mode done"
+    )
     parser.add_argument("--repeats", type=int, default=3, help="timed edits per size")
     parser.add_argument("--guidance-scale", type=float, default=6.0)
     parser.add_argument("--seed", type=int, default=42)
@@ -56,7 +90,13 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch.distributed
 
-    from stepedit.bench import BenchConfig, format_row, format_table, run_bench, to_json
+    from stepedit.acceleration.bench import (
+        BenchConfig,
+        format_row,
+        format_table,
+        run_bench,
+        to_json,
+    )
 
     dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
     config = BenchConfig(
@@ -64,9 +104,13 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         dtype=dtype,
         sizes=args.sizes,
+        aspects=args.aspects,
         steps=args.steps,
         modes=tuple(args.mode or ["exact"]),
         warmup=args.warmup,
+        warmup_steps=args.warmup_steps,
+        reference_path=args.reference,
+        progress_path=args.progress,
         repeats=args.repeats,
         guidance_scale=args.guidance_scale,
         seed=args.seed,
