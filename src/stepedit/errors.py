@@ -60,6 +60,23 @@ class ServiceUnavailable(StepEditError):
     """A dependency (database, broker, model) is not available right now."""
 
     code = "service_unavailable"
+    retry_after_s: int | None = None  # the Retry-After to send; None: the API's default
+
+
+class InsufficientStorage(ServiceUnavailable):
+    """The server's disk (or its database's) is full: nothing new can be stored until space is
+    freed. HTTP 507 (or 503) with Retry-After; a subclass, so callers of ServiceUnavailable
+    still catch it."""
+
+    code = "insufficient_storage"
+    retry_after_s = 60
+
+
+class JobCanceled(StepEditError):
+    """The job a synchronous call waited for was canceled (by its owner) before it finished:
+    a client-side outcome, HTTP 409 in each flavour's shape."""
+
+    code = "canceled"
 
 
 class WeightsError(StepEditError):

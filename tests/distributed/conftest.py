@@ -35,6 +35,8 @@ import httpx
 import pytest
 from PIL import Image
 
+from jobs.receivers import wavespeed_verifies
+
 WEBHOOK_SECRET = "whsec_" + "ab" * 24
 
 
@@ -200,8 +202,12 @@ def database_url(postgres: PostgresCluster) -> str:
 
 @dataclass
 class WebhookReceiver:
+    """Records every POST, with whether it verifies as WaveSpeedAI's docs say (with
+    WEBHOOK_SECRET); answers `statuses` in turn, then 204."""
+
     url: str
     calls: list[dict[str, Any]] = field(default_factory=list)
+    statuses: list[int] = field(default_factory=list)
 
     def by_job(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -218,11 +224,18 @@ def webhook_receiver() -> Iterator[WebhookReceiver]:
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("content-length", 0)))
+            headers = {k.lower(): v for k, v in self.headers.items()}
             with lock:
                 receiver.calls.append(
-                    {"id": self.headers.get("webhook-id"), "body": json.loads(body)}
+                    {
+                        "id": self.headers.get("webhook-id"),
+                        "body": json.loads(body),
+                        "verified": wavespeed_verifies(WEBHOOK_SECRET, headers, body),
+                    }
                 )
-            self.send_response(204)
+                status = receiver.statuses.pop(0) if receiver.statuses else 204
+            self.send_response(status)
+            self.send_header("content-length", "0")
             self.end_headers()
 
         def log_message(self, *_args: Any) -> None:

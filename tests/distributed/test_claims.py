@@ -1,10 +1,11 @@
 """Exactly-once on PostgreSQL, in-process: conditional claims, fencing, one webhook, sweeping.
 
-Several `SharedJobService`s over one database stand in for several machines; no broker needed.
+Several fleet `JobService`s over one database stand in for several machines; no broker needed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from datetime import timedelta
 from pathlib import Path
@@ -14,16 +15,20 @@ import pytest
 from sqlalchemy import update
 
 from stepedit.distributed.config import DistributedSettings
+from stepedit.distributed.dispatch import CeleryDispatcher, NoDispatcher, version_for
 from stepedit.distributed.heartbeat import BusyClock
-from stepedit.distributed.schema import ClaimRecord, WorkerRecord
-from stepedit.distributed.service import ClaimLost, SharedJobService
+from stepedit.distributed.schema import WorkerRecord
+from stepedit.distributed.service import FleetHealth, fleet_service
 from stepedit.distributed.sweeper import Sweeper
-from stepedit.distributed.tasks import TimedEditor, WorkerRuntime
+from stepedit.distributed.tasks import TimedEditor, WorkerRuntime, claim_job
 from stepedit.engine.editor import FakeEditor
-from stepedit.jobs.models import utcnow
-from stepedit.jobs.service import ProducedImage
+from stepedit.errors import ServiceUnavailable
+from stepedit.jobs.health import HealthStatus, ModelHealth
+from stepedit.jobs.models import JobRecord, utcnow
+from stepedit.jobs.outbox import DeferredOutbox, WebhookOutbox
+from stepedit.jobs.service import ClaimedJob, ClaimLost, JobService, ProducedImage
 from stepedit.jobs.state import JobStatus
-from stepedit.request import EditRequest
+from stepedit.request import VERSIONS, EditRequest
 
 from .conftest import WEBHOOK_SECRET, WebhookReceiver, png, wait_until
 
@@ -44,12 +49,37 @@ def settings(database_url: str, tmp_path: Path) -> DistributedSettings:
     )
 
 
+class RecordingDispatcher:
+    """A broker stand-in: records what is sent."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+        self.in_broker: set[str] = set()
+
+    def check_available(self) -> None:
+        pass
+
+    def dispatch(self, job_id: str, request: EditRequest, flavour: str) -> None:
+        self.sent.append(job_id)
+
+    def wait_for_work(self, timeout_s: float) -> None:
+        pass
+
+    def version_for(self, request: EditRequest) -> str | None:
+        return "v1.1"
+
+    def job_ids_in_broker(self) -> set[str]:
+        return self.in_broker
+
+
 @pytest.fixture
 def services(settings: DistributedSettings) -> Any:
-    made: list[SharedJobService] = []
+    made: list[JobService] = []
 
-    def make(role: str = "worker") -> SharedJobService:
-        service = SharedJobService(settings, role=role)  # type: ignore[arg-type]
+    def make(role: str = "worker", dispatcher: Any = None) -> JobService:
+        if role == "api" and dispatcher is None:
+            dispatcher = RecordingDispatcher()
+        service = fleet_service(settings, role=role, dispatcher=dispatcher)  # type: ignore[arg-type]
         made.append(service)
         return service
 
@@ -58,7 +88,12 @@ def services(settings: DistributedSettings) -> Any:
         service.close()
 
 
-def heartbeat(service: SharedJobService, worker_id: str, age_s: float = 0.0) -> None:
+def claim(service: JobService, job_id: str, worker_id: str) -> ClaimedJob | None:
+    """What a worker does with a task for `job_id` (heartbeat timeout as in `settings`)."""
+    return claim_job(service, job_id, worker_id, heartbeat_timeout_s=3)
+
+
+def heartbeat(service: JobService, worker_id: str, age_s: float = 0.0) -> None:
     with service.store.session() as session:
         session.merge(
             WorkerRecord(
@@ -69,18 +104,18 @@ def heartbeat(service: SharedJobService, worker_id: str, age_s: float = 0.0) -> 
         )  # fmt: skip
 
 
-def die(service: SharedJobService, worker_id: str) -> None:
+def die(service: JobService, worker_id: str) -> None:
     """The worker stopped heartbeating long ago (killed), and its claim is as old."""
     heartbeat(service, worker_id, age_s=60)
     with service.store.session() as session:
         session.execute(
-            update(ClaimRecord)
-            .where(ClaimRecord.worker_id == worker_id)
-            .values(claimed_at=utcnow() - timedelta(seconds=60))
+            update(JobRecord)
+            .where(JobRecord.worker_id == worker_id)
+            .values(started_at=utcnow() - timedelta(seconds=60))
         )
 
 
-def submit(api: SharedJobService, webhook_url: str | None = None) -> str:
+def submit(api: JobService, webhook_url: str | None = None) -> str:
     view = api.submit_sync(
         EditRequest(prompt="make it blue", num_inference_steps=2, seed=7),
         png(),
@@ -102,11 +137,11 @@ def test_concurrent_claims_of_one_job_give_it_to_one_worker(services: Any) -> No
     results: list[Any] = []
     barrier = threading.Barrier(len(workers))
 
-    def claim(index: int) -> None:
+    def race(index: int) -> None:
         barrier.wait()
-        results.append(workers[index].claim(job_id, f"w{index}"))
+        results.append(claim(workers[index], job_id, f"w{index}"))
 
-    threads = [threading.Thread(target=claim, args=(i,)) for i in range(len(workers))]
+    threads = [threading.Thread(target=race, args=(i,)) for i in range(len(workers))]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -121,17 +156,19 @@ def test_redelivered_job_is_taken_over_only_from_a_dead_worker(services: Any) ->
     api, first, second = services("api"), services(), services()
     job_id = submit(api)
     heartbeat(first, "w1")
-    assert first.claim(job_id, "w1") is not None
-    assert second.claim(job_id, "w2") is None  # w1 is alive: a duplicate message, dropped
+    assert claim(first, job_id, "w1") is not None
+    assert claim(second, job_id, "w2") is None  # w1 is alive: a duplicate message, dropped
 
     die(first, "w1")
-    taken = second.claim(job_id, "w2")
+    taken = claim(second, job_id, "w2")
     assert taken is not None and taken.attempt == 2
 
     # The first worker wakes up: its progress is refused and its result cannot land.
     assert first.report_progress(job_id, 1, 2, "denoise") is True
     with pytest.raises(ClaimLost):
         first.complete(job_id, output(1), prompt_used="x", passes=["edit"], inference_ms=1.0)
+    with pytest.raises(ClaimLost):
+        first.fail(job_id, "internal_error", "late")
     view = second.complete(job_id, output(), prompt_used="x", passes=["edit"], inference_ms=1.0)
     assert view.status == JobStatus.SUCCEEDED
     assert [o.seed for o in api.get_sync(job_id, None).outputs] == [7]
@@ -142,11 +179,10 @@ def test_a_job_whose_worker_dies_every_time_fails_with_a_reason(services: Any) -
     api, worker = services("api"), services()
     job_id = submit(api)
     for attempt in range(api.settings.max_attempts):
-        claimed = worker.claim(job_id, f"dead{attempt}")
+        claimed = claim(worker, job_id, f"dead{attempt}")
         assert claimed is not None
-        worker.release(job_id)
         die(worker, f"dead{attempt}")
-    assert worker.claim(job_id, "late") is None
+    assert claim(worker, job_id, "late") is None
     view = api.get_sync(job_id, None)
     assert view.status == JobStatus.FAILED
     assert view.error is not None and view.error.code == "worker_lost"
@@ -158,7 +194,7 @@ def test_webhook_fires_once_however_many_api_nodes_sweep(
     nodes = [services("api") for _ in range(3)]
     worker = services()
     job_id = submit(nodes[0], webhook_receiver.url)
-    assert worker.claim(job_id, "w1") is not None
+    assert claim(worker, job_id, "w1") is not None
     worker.complete(job_id, output(), prompt_used="x", passes=["edit"], inference_ms=1.0)
     assert webhook_receiver.calls == []  # workers record; API nodes deliver
     threads = [threading.Thread(target=n.deliver_pending_webhooks) for n in nodes * 3]
@@ -170,59 +206,105 @@ def test_webhook_fires_once_however_many_api_nodes_sweep(
     wait_until(lambda: api_state(nodes[0], job_id) == "delivered", 10, "delivered state")
     assert webhook_receiver.by_job() == {job_id: 1}
     assert webhook_receiver.calls[0]["body"]["status"] == "succeeded"
+    assert webhook_receiver.calls[0]["verified"]
 
 
-def api_state(service: SharedJobService, job_id: str) -> str | None:
-    from stepedit.jobs.models import JobRecord
+def test_sweeps_do_not_resend_a_webhook_before_it_is_due(
+    settings: DistributedSettings, services: Any, webhook_receiver: WebhookReceiver
+) -> None:
+    """A failed delivery waits for its retry time: three API nodes sweeping ten times each
+    send it once, and the failure is on the job."""
+    nodes = [
+        fleet_service(
+            settings.model_copy(update={"webhook_backoff_s": 3600.0}),
+            role="api",
+            dispatcher=RecordingDispatcher(),
+        )
+        for _ in range(3)
+    ]
+    worker = services()
+    webhook_receiver.statuses = [500]
+    try:
+        job_id = submit(nodes[0], webhook_receiver.url)
+        assert claim(worker, job_id, "w1") is not None
+        worker.complete(job_id, output(), prompt_used="x", passes=["edit"], inference_ms=1.0)
+        nodes[0].deliver_pending_webhooks()
+        wait_until(
+            lambda: (nodes[1].get_sync(job_id, None).webhook or _NONE).attempts == 1, 20, "1 try"
+        )
+        for _ in range(10):
+            for node in nodes:
+                Sweeper(node, RecordingDispatcher(), settings).sweep()
+        threading.Event().wait(1.0)  # sweeps every 2 s used to send it again each time
+        assert webhook_receiver.by_job() == {job_id: 1}
+        webhook = nodes[2].get_sync(job_id, None).webhook
+        assert webhook is not None and (webhook.state, webhook.last_status) == ("pending", 500)
+    finally:
+        for node in nodes:
+            node.close()
 
+
+_NONE = type("NoWebhook", (), {"attempts": 0})()
+
+
+def test_a_wait_on_an_api_node_is_woken_by_a_workers_commit(
+    settings: DistributedSettings, services: Any
+) -> None:
+    """The API node learns of the worker's commit through PostgreSQL NOTIFY, not by polling
+    (it would re-read only every 600 s here)."""
+    api = fleet_service(
+        settings.model_copy(update={"wait_recheck_s": 600.0}),
+        role="api",
+        dispatcher=RecordingDispatcher(),
+    )
+    worker = services()
+    try:
+        job_id = submit(api)
+
+        async def wait_for_the_worker() -> JobStatus:
+            waiting = asyncio.ensure_future(api.wait(job_id, None, 600))
+            while api.job_events.waiters == 0:
+                await asyncio.sleep(0.01)
+            assert api._listener is not None
+            await asyncio.to_thread(api._listener.listening.wait, 30)
+            assert claim(worker, job_id, "w1") is not None
+            worker.complete(job_id, output(), prompt_used="x", passes=["edit"], inference_ms=1.0)
+            view = await asyncio.wait_for(waiting, 60)  # a guard, far below the 600 s re-read
+            return view.status
+
+        assert asyncio.run(wait_for_the_worker()) is JobStatus.SUCCEEDED
+    finally:
+        api.close()
+
+
+def api_state(service: JobService, job_id: str) -> str | None:
     with service.store.session() as session:
         record = session.get(JobRecord, job_id)
         return record.webhook_state if record else None
-
-
-class RecordingDispatcher:
-    def __init__(self) -> None:
-        self.sent: list[str] = []
-        self.in_broker: set[str] = set()
-
-    def check_available(self) -> None:
-        pass
-
-    def dispatch(self, job_id: str, request: EditRequest, flavour: str) -> None:
-        self.sent.append(job_id)
-
-    def job_ids_in_broker(self) -> set[str]:
-        return self.in_broker
 
 
 def test_sweeper_requeues_a_dead_workers_job_and_resends_lost_dispatches(
     settings: DistributedSettings, services: Any
 ) -> None:
     dispatcher = RecordingDispatcher()
-    api = SharedJobService(settings, role="api", dispatcher=dispatcher)
-    try:
-        worker = services()
-        running, lost, waiting = submit(api), submit(api), submit(api)
-        assert dispatcher.sent == [running, lost, waiting]
-        assert worker.claim(running, "w1") is not None
-        die(worker, "w1")
-        dispatcher.sent.clear()
-        dispatcher.in_broker = {waiting}
-        with api.store.session() as session:  # both queued jobs are past the grace period
-            from stepedit.jobs.models import JobRecord
-
-            session.execute(
-                update(JobRecord)
-                .where(JobRecord.id.in_([lost, waiting]))
-                .values(queued_at=utcnow() - timedelta(hours=1))
-            )
-        sweeper = Sweeper(api, dispatcher)  # type: ignore[arg-type]
-        sweeper.sweep()
-        assert dispatcher.sent == [running, lost]
-        assert api.get_sync(running, None).status == JobStatus.QUEUED
-        assert worker.claim(running, "w2") is not None  # the re-queued job runs again
-    finally:
-        api.close()
+    api = services("api", dispatcher)
+    worker = services()
+    running, lost, waiting = submit(api), submit(api), submit(api)
+    assert dispatcher.sent == [running, lost, waiting]
+    assert claim(worker, running, "w1") is not None
+    die(worker, "w1")
+    dispatcher.sent.clear()
+    dispatcher.in_broker = {waiting}
+    with api.store.session() as session:  # both queued jobs are past the grace period
+        session.execute(
+            update(JobRecord)
+            .where(JobRecord.id.in_([lost, waiting]))
+            .values(queued_at=utcnow() - timedelta(hours=1))
+        )
+    Sweeper(api, dispatcher, settings).sweep()
+    assert dispatcher.sent == [running, lost]  # the re-queue dispatched itself
+    assert api.get_sync(running, None).status == JobStatus.QUEUED
+    assert claim(worker, running, "w2") is not None  # the re-queued job runs again
 
 
 def test_job_timeout_fails_the_job_with_a_clear_reason(services: Any) -> None:
@@ -233,9 +315,56 @@ def test_job_timeout_fails_the_job_with_a_clear_reason(services: Any) -> None:
         owner=None,
         flavour="native",
     ).id
-    runtime = WorkerRuntime(worker, TimedEditor(FakeEditor(0.05), 0.3), "w1", BusyClock())
+    runtime = WorkerRuntime(worker, TimedEditor(FakeEditor(0.05), 0.3), "w1", BusyClock(), 3)
     assert runtime.run(job_id) == "done"
     view = api.get_sync(job_id, None)
     assert view.status == JobStatus.FAILED
     assert view.error is not None and view.error.code == "timeout"
     assert "0.3 s" in view.error.message
+
+
+def test_the_fleet_service_is_the_job_service_built_with_fleet_parts(
+    settings: DistributedSettings, services: Any
+) -> None:
+    api = fleet_service(
+        settings.model_copy(update={"queue_url": "redis://127.0.0.1:1/0"}), role="api"
+    )
+    worker = services()
+    try:
+        assert type(api) is JobService and type(worker) is JobService
+        assert api.store.url.startswith("postgresql")
+        assert isinstance(api.dispatcher, CeleryDispatcher)
+        assert isinstance(api.outbox, WebhookOutbox) and isinstance(api.health_check, FleetHealth)
+        assert isinstance(worker.dispatcher, NoDispatcher)
+        assert isinstance(worker.outbox, DeferredOutbox)
+        assert isinstance(worker.health_check, ModelHealth)
+    finally:
+        api.close()
+
+
+def test_api_node_health_is_unavailable_while_the_broker_is_down(services: Any) -> None:
+    class DownBroker(RecordingDispatcher):
+        def check_available(self) -> None:
+            raise ServiceUnavailable("the job queue is unavailable; retry shortly")
+
+    healthy, broken = services("api"), services("api", DownBroker())
+    heartbeat(healthy, "w1")
+    ready = healthy.health()
+    assert ready.status is HealthStatus.READY and [w["id"] for w in ready.details["workers"]] == [
+        "w1"
+    ]
+    down = broken.health()
+    assert down.status is HealthStatus.UNAVAILABLE
+    assert down.details["broker"] == "down" and "queue" in (down.reason or "")
+
+
+class RoutingDispatcher(RecordingDispatcher):
+    def version_for(self, request: EditRequest) -> str | None:
+        return version_for(request, "v1.1")
+
+
+def test_requests_are_checked_against_the_version_they_route_to(services: Any) -> None:
+    api = services("api", RoutingDispatcher())
+    assert api.version_spec(EditRequest(prompt="p")) == VERSIONS["v1.1"]
+    assert api.version_spec(EditRequest(prompt="p", model="v1.2")) == VERSIONS["v1.2"]
+    assert api.version_spec(EditRequest(prompt="p", enable_thinking=True)) == VERSIONS["v1.2"]

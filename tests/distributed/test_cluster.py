@@ -7,6 +7,8 @@ except in the tiny-model test; everything else (CLI, Celery, uvicorn, PostgreSQL
 from __future__ import annotations
 
 import base64
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,6 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from stepedit.distributed.schema import ClaimRecord
 from stepedit.jobs.models import JobRecord
 from stepedit.jobs.store import JobStore
 
@@ -80,9 +81,9 @@ def claimed_by(database_url: str, job_id: str) -> str:
     store = JobStore(database_url)
     try:
         with store.session() as session:
-            claim = session.get(ClaimRecord, job_id)
-            assert claim is not None
-            return claim.worker_id
+            record = session.get(JobRecord, job_id)
+            assert record is not None and record.worker_id is not None
+            return record.worker_id
     finally:
         store.close()
 
@@ -242,3 +243,50 @@ def test_api_node_killed_loses_no_accepted_job(cluster: Cluster, redis: RedisSer
     cluster.worker("fake:0.05")
     jobs = wait_done(second, ids, timeout_s=60)
     assert [j["status"] for j in jobs] == ["succeeded"] * len(ids)
+
+
+def test_one_idempotency_key_makes_one_job_across_two_api_nodes(cluster: Cluster) -> None:
+    """20 keys, each sent at the same moment to two API nodes: 20 jobs, each node answering
+    with the same one (the database's unique (owner, key), not a per-process lock)."""
+    nodes = [cluster.api(), cluster.api()]
+    keys = [f"key-{i}" for i in range(20)]
+    answers: dict[str, list[str]] = {key: [] for key in keys}
+    barrier = threading.Barrier(2 * len(keys))
+
+    def send(node: Node, key: str) -> None:
+        barrier.wait(60)
+        response = httpx.post(
+            f"{node.base_url}/v1/jobs",
+            files={"image": ("a.png", png(1), "image/png")},
+            data={"prompt": "x"},
+            headers={"Idempotency-Key": key},
+            timeout=60,
+        )
+        assert response.status_code == 202, response.text
+        answers[key].append(response.json()["id"])
+
+    threads = [threading.Thread(target=send, args=(n, k)) for k in keys for n in nodes]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert all(len(ids) == 2 and len(set(ids)) == 1 for ids in answers.values()), answers
+    assert len(attempts(cluster.database_url)) == len(keys)
+
+
+def test_a_worker_stopped_mid_job_hands_it_back_uncounted(cluster: Cluster) -> None:
+    """SIGTERM: the edit outlasts the grace, so the job goes back to the broker without
+    counting an attempt (max_attempts=1 would fail it otherwise) and another worker runs it."""
+    env = {"STEPEDIT_SHUTDOWN_GRACE_S": "0.5", "STEPEDIT_MAX_ATTEMPTS": "1"}
+    api = cluster.api(env=env)
+    stopping = cluster.worker("fake:0.3", env=env)
+    cluster.wait_workers(api, 1)
+    job_id = submit(api, 0, num_inference_steps=40)  # 12 s
+    wait_until(lambda: job(api, job_id)["progress"]["step"] >= 1, 60, "the job to run")
+    stopping.process.send_signal(signal.SIGTERM)
+    assert stopping.process.wait(60) == 0, stopping.log()
+    assert job(api, job_id)["status"] == "queued"
+    cluster.worker("fake:0.01", env=env)
+    (done,) = wait_done(api, [job_id], timeout_s=120)
+    assert done["status"] == "succeeded", done
+    assert attempts(cluster.database_url)[job_id] == 2

@@ -1,4 +1,4 @@
-"""The worker loop with fake editors (cog style): outcomes, progress, cancel, safety, readiness."""
+"""The worker loop with fake editors (cog style): outcomes, progress, cancel, safety, health."""
 
 from __future__ import annotations
 
@@ -15,10 +15,11 @@ from PIL import Image
 
 from stepedit.engine import FakeEditor, InProcessWorker, run_job
 from stepedit.engine.editor import EditorResult, ProgressCallback
-from stepedit.errors import InvalidInput
+from stepedit.errors import InvalidInput, ServiceUnavailable
+from stepedit.jobs.health import HealthStatus
 from stepedit.jobs.service import JobService
 from stepedit.jobs.state import JobStatus
-from stepedit.request import EditRequest
+from stepedit.request import VERSIONS, EditRequest
 from stepedit.settings import Settings
 
 
@@ -141,7 +142,9 @@ def test_worker_is_ready_only_after_loading(service: JobService) -> None:
     assert not service.is_ready
 
 
-def test_a_model_that_fails_to_load_leaves_the_server_unready(service: JobService) -> None:
+def test_a_model_that_fails_to_load_is_a_failed_health_with_its_reason(
+    service: JobService,
+) -> None:
     def broken() -> FakeEditor:
         raise OSError("no such checkpoint")
 
@@ -149,7 +152,39 @@ def test_a_model_that_fails_to_load_leaves_the_server_unready(service: JobServic
     worker.start()
     worker.stop()
     assert isinstance(worker.load_error, OSError)
-    assert not service.is_ready
+    health = service.health()
+    assert health.status is HealthStatus.FAILED
+    assert health.reason == "OSError: no such checkpoint"
+    with pytest.raises(ServiceUnavailable, match="no such checkpoint"):
+        service.submit_sync(EditRequest(prompt="x"), png(), owner=None, flavour="native")
+    assert service.list_sync(None) == []  # refused before anything was stored
+
+
+def test_the_loaded_models_version_is_the_spec_requests_are_checked_against(
+    service: JobService,
+) -> None:
+    class V12Editor(FakeEditor):
+        model_version = "v1.2"
+
+    assert service.version_spec(EditRequest(prompt="x")) is None  # unknown while loading
+    worker = InProcessWorker(service, V12Editor, poll_s=0.05)
+    worker.start()
+    try:
+        while not service.is_ready and worker.is_alive:
+            time.sleep(0.01)
+        assert service.health().model_version == "v1.2"
+        assert service.version_spec(EditRequest(prompt="x")) == VERSIONS["v1.2"]
+    finally:
+        worker.stop()
+
+
+def test_a_declared_version_is_known_before_the_model_loads(tmp_path: Path) -> None:
+    service = JobService(Settings(model="dummy:tiny-v1.0", data_dir=tmp_path / "data"))
+    try:
+        assert service.health().status is HealthStatus.LOADING
+        assert service.version_spec(EditRequest(prompt="x")) == VERSIONS["v1.0"]
+    finally:
+        service.close()
 
 
 def test_the_api_never_imports_torch() -> None:

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from stepedit.errors import NotFound, QueueFull, QuotaExceeded
+from stepedit.errors import NotFound, QueueFull, QuotaExceeded, ServiceUnavailable
 from stepedit.jobs.service import INTERRUPTED_MESSAGE, JobService, ProducedImage
 from stepedit.jobs.state import JobStatus
+from stepedit.jobs.store import JobStore
 from stepedit.request import EditRequest
 from stepedit.settings import Settings
 
@@ -54,14 +55,14 @@ def finish(service: JobService, job_id: str) -> None:
     service.complete(job_id, [image], prompt_used="add a hat", passes=["edit"], inference_ms=5.0)
 
 
-def test_submit_persists_request_and_draws_a_seed(service: JobService) -> None:
+def test_submit_stores_the_request_with_its_seed_drawn(service: JobService) -> None:
     job_id = submit(service, seed=None, guidance_scale=3.5)
     view = service.get_sync(job_id, None)
     assert view.status == JobStatus.QUEUED
     assert view.request.guidance_scale == 3.5
-    assert view.request.seed is None and 0 <= view.seed < 2**31
+    assert view.request.seed == view.seed and 0 <= view.seed < 2**31
     claimed = service.claim_next(0)
-    assert claimed is not None and claimed.request.seed == view.seed
+    assert claimed is not None and claimed.request == view.request  # handed over unchanged
 
 
 def test_explicit_seed_is_kept(service: JobService) -> None:
@@ -209,3 +210,14 @@ def test_events_follow_changes_and_repeat_on_quiet_streams(service: JobService) 
     seen = asyncio.run(collect())
     assert seen[:3] == [JobStatus.QUEUED] * 3  # heartbeats while nothing changes
     assert JobStatus.PROCESSING in seen and seen[-1] == JobStatus.FAILED
+
+
+def test_a_database_that_does_not_answer_is_service_unavailable(tmp_path: Path) -> None:
+    store = JobStore(f"sqlite:///{tmp_path / 'jobs.db'}")
+    store.engine.dispose()
+    (tmp_path / "jobs.db").unlink()
+    (tmp_path / "jobs.db").mkdir()  # the file is gone: no connection can be opened
+    with pytest.raises(ServiceUnavailable):
+        store.ping()
+    with pytest.raises(ServiceUnavailable):
+        store.count_by_status()

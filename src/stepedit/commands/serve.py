@@ -1,7 +1,10 @@
-"""`stepedit serve`: the HTTP server with an in-process worker (single-machine mode).
+"""`stepedit serve`: the HTTP server.
 
-Zero set-up: `stepedit serve --model dummy:tiny-v1.1` keeps jobs in SQLite and images on disk
-under ./data. `/health` turns 200 once the worker has loaded the model.
+- Single machine (default): an in-process worker. Zero set-up: `stepedit serve --model
+  dummy:tiny-v1.1` keeps jobs in SQLite and images on disk under ./data. `/health` turns 200
+  once the worker has loaded the model, and says "failed" (with the reason) if it cannot.
+- `--queue-url redis://... --database-url postgresql+psycopg://...`: an API node of a worker
+  fleet, with no model and no worker of its own (docs/deployment.md).
 """
 
 from __future__ import annotations
@@ -9,9 +12,41 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 logger = logging.getLogger(__name__)
+
+_SETTING_NAMES = (
+    "model",
+    "model_version",
+    "text_encoder",
+    "download",
+    "host",
+    "port",
+    "data_dir",
+    "database_url",
+    "public_base_url",
+    "device",
+    "dtype",
+    "offload",
+    "optimize",
+    "loras",
+    "max_queue",
+    "api_keys",
+    "safety_checker",
+)
+
+
+class Background(Protocol):
+    """What runs beside the HTTP server: the in-process worker, or a fleet node's sweeper."""
+
+    def start(self) -> None: ...
+
+    def begin_stop(self) -> None:
+        """SIGTERM: take no new work (what runs goes on until `stop`)."""
+        ...
+
+    def stop(self) -> None: ...
 
 
 def register(subparsers: Any) -> None:
@@ -20,17 +55,30 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--model", help='checkpoint directory or "dummy:<preset>" (STEPEDIT_MODEL)')
     parser.add_argument("--model-version", choices=["v1.0", "v1.1", "v1.2"])
+    parser.add_argument(
+        "--text-encoder",
+        help="Qwen2.5-VL folder or repo id, for checkpoints without one (STEPEDIT_TEXT_ENCODER)",
+    )
+    parser.add_argument(
+        "--download",
+        action="store_true",
+        default=None,
+        help="fetch what the Hugging Face cache lacks of the model (STEPEDIT_DOWNLOAD)",
+    )
     parser.add_argument("--host", help="bind address (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port (default 8000)")
     parser.add_argument("--data-dir", type=Path, help="jobs database and images (default ./data)")
-    parser.add_argument(
-        "--database-url", "--db", help="SQLAlchemy URL (default: SQLite in --data-dir)"
+    parser.add_argument("--database-url", help="SQLAlchemy URL (default: SQLite in --data-dir)")
+    parser.add_argument(  # the older spelling, still accepted
+        "--db", dest="database_url", help=argparse.SUPPRESS, default=argparse.SUPPRESS
     )
     parser.add_argument(
-        "--queue",
-        dest="queue_url",
+        "--queue-url",
         help="broker URL (redis://...): run as an API node of a worker fleet, without a model "
         "or an in-process worker (docs/deployment.md)",
+    )
+    parser.add_argument(  # the older spelling, still accepted
+        "--queue", dest="queue_url", help=argparse.SUPPRESS, default=argparse.SUPPRESS
     )
     parser.add_argument(
         "--public-base-url",
@@ -39,6 +87,14 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda when present)")
     parser.add_argument("--dtype", help="bf16, fp16 or fp32 (default: the pipeline's choice)")
+    parser.add_argument(
+        "--lora",
+        action="append",
+        dest="loras",
+        metavar="[NAME=]PATH[:SCALE]",
+        help="preload a LoRA adapter; SCALE (default 1) applies to requests naming none, 0 "
+        "preloads it for requests only; repeatable (STEPEDIT_LORAS, docs/lora.md)",
+    )
     parser.add_argument("--offload", action="store_true", default=None, help="CPU offload")
     parser.add_argument(
         "--optimize",
@@ -55,44 +111,74 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(func=run)
 
 
+def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings the command line sets (the rest come from STEPEDIT_* and defaults)."""
+    return {name: getattr(args, name) for name in _SETTING_NAMES if getattr(args, name) is not None}
+
+
 def settings_from_args(args: argparse.Namespace) -> Any:
     from stepedit.settings import Settings
 
-    names = (
-        "model",
-        "model_version",
-        "host",
-        "port",
-        "data_dir",
-        "database_url",
-        "public_base_url",
-        "device",
-        "dtype",
-        "offload",
-        "optimize",
-        "max_queue",
-        "api_keys",
-        "safety_checker",
-    )
-    overrides = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
-    return Settings(**overrides)
+    return Settings(**overrides_from_args(args))
 
 
 def run(args: argparse.Namespace) -> int:
-    import uvicorn
+    """Serve until SIGTERM. Then: no new jobs (503), synchronous waits answered at once (503,
+    their jobs kept), in-flight requests drained (`http_drain_s`), the running edit given
+    `shutdown_grace_s` to finish and otherwise handed back to the queue without counting an
+    attempt; then exit."""
+    from pydantic import ValidationError
 
+    from stepedit.jobs.storage import DataDirError
+    from stepedit.server import serve
+
+    try:
+        if getattr(args, "queue_url", None):
+            app, service, background = _api_node(args)
+        else:
+            settings = settings_from_args(args)
+            if not settings.model:
+                logger.error("no model: pass --model (a checkpoint directory or dummy:tiny-v1.1)")
+                return 2
+            app, service, background = _single_machine(settings)
+    except ValidationError as exc:
+        logger.error("invalid setting: %s", exc)
+        return 2
+    except DataDirError as exc:
+        logger.error("%s", exc)
+        return 2
+    log_addresses(service.settings)
+    background.start()
+    try:
+        serve(
+            app,
+            service.settings,
+            on_shutdown=[service.begin_shutdown, background.begin_stop],
+            after_drain=[background.stop, service.close],
+        )
+    finally:  # an exit without a signal; both are idempotent
+        background.stop()
+        service.close()
+    return 0
+
+
+def log_addresses(settings: Any) -> None:
+    """Where a person finds the server (full URLs), and that a `dummy:` model's edits are
+    noise, so a first try with it is not mistaken for a broken model."""
+    logger.info("playground: %s/  API docs: %s/docs", settings.base_url, settings.base_url)
+    if (settings.model or "").startswith("dummy:"):
+        logger.warning(
+            "%s has random weights: every edit comes out as noise (for trying the server; "
+            "pass --model with real weights, docs/weights.md)",
+            settings.model,
+        )
+
+
+def _single_machine(settings: Any) -> tuple[Any, Any, Background]:
     from stepedit.api.app import create_app
     from stepedit.engine import InProcessWorker, load_editor, load_safety_checker
     from stepedit.jobs.service import JobService
 
-    if getattr(args, "queue_url", None):
-        from stepedit.distributed.api_node import run_from_args
-
-        return run_from_args(args)
-    settings = settings_from_args(args)
-    if not settings.model:
-        logger.error("no model: pass --model (a checkpoint directory or dummy:tiny-v1.1)")
-        return 2
     service = JobService(settings)
     service.recover()
     worker = InProcessWorker(
@@ -100,12 +186,15 @@ def run(args: argparse.Namespace) -> int:
         lambda: load_editor(settings),
         load_safety=lambda: load_safety_checker(settings.safety_checker),
         nsfw_filter=settings.nsfw_filter,
+        shutdown_grace_s=settings.shutdown_grace_s,
     )
-    app = create_app(settings, service)
-    worker.start()
-    try:
-        uvicorn.run(app, host=settings.host, port=settings.port, log_config=None)
-    finally:
-        worker.stop()
-        service.close()
-    return 0
+    return create_app(settings, service), service, worker
+
+
+def _api_node(args: argparse.Namespace) -> tuple[Any, Any, Background]:
+    from stepedit.distributed.api_node import create_api_node
+    from stepedit.distributed.config import DistributedSettings
+
+    settings = DistributedSettings(**overrides_from_args(args), queue_url=args.queue_url)
+    logger.info("API node on %s:%d, broker %s", settings.host, settings.port, settings.queue_url)
+    return create_api_node(settings)

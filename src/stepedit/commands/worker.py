@@ -16,10 +16,13 @@ logger = logging.getLogger(__name__)
 _SETTING_NAMES = (
     "model",
     "model_version",
+    "text_encoder",
+    "download",
     "device",
     "dtype",
     "offload",
     "optimize",
+    "loras",
     "data_dir",
     "public_base_url",
     "safety_checker",
@@ -36,16 +39,40 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "worker", help="run one GPU worker that takes jobs from the shared queue"
     )
-    parser.add_argument("--queue", dest="queue_url", help="broker URL, redis://host:6379/0")
-    parser.add_argument("--db", dest="database_url", help="job store, postgresql+psycopg://...")
+    parser.add_argument("--queue-url", help="broker URL, redis://host:6379/0")
+    parser.add_argument(  # the older spelling, still accepted
+        "--queue", dest="queue_url", help=argparse.SUPPRESS, default=argparse.SUPPRESS
+    )
+    parser.add_argument("--database-url", help="job store, postgresql+psycopg://...")
+    parser.add_argument(  # the older spelling, still accepted
+        "--db", dest="database_url", help=argparse.SUPPRESS, default=argparse.SUPPRESS
+    )
     parser.add_argument("--model", help='checkpoint directory or "dummy:<preset>" (STEPEDIT_MODEL)')
     parser.add_argument(
         "--model-version",
         choices=["v1.0", "v1.1", "v1.2"],
         help="the queue to consume (default: detected from the model)",
     )
+    parser.add_argument(
+        "--text-encoder",
+        help="Qwen2.5-VL folder or repo id, for checkpoints without one (STEPEDIT_TEXT_ENCODER)",
+    )
+    parser.add_argument(
+        "--download",
+        action="store_true",
+        default=None,
+        help="fetch what the Hugging Face cache lacks of the model (STEPEDIT_DOWNLOAD)",
+    )
     parser.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda when present)")
     parser.add_argument("--dtype", help="bf16, fp16 or fp32 (default: the pipeline's choice)")
+    parser.add_argument(
+        "--lora",
+        action="append",
+        dest="loras",
+        metavar="[NAME=]PATH[:SCALE]",
+        help="preload a LoRA adapter; SCALE (default 1) applies to requests naming none, 0 "
+        "preloads it for requests only; repeatable (STEPEDIT_LORAS, docs/lora.md)",
+    )
     parser.add_argument("--offload", action="store_true", default=None, help="CPU offload")
     parser.add_argument(
         "--optimize", help='speed switches, as for serve: "auto", "exact", "fast", "24gb", ...'
@@ -73,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     overrides = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
     settings = DistributedSettings(**overrides)
     if not settings.queue_url or not settings.model:
-        logger.error("a worker needs --queue (redis://...) and --model")
+        logger.error("a worker needs --queue-url (redis://...) and --model")
         return 2
     if args.threads:
         import torch

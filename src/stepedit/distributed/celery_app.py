@@ -42,7 +42,7 @@ def version_of(model: str | None, default: ModelVersion) -> str:
 
 def make_celery(settings: DistributedSettings) -> Celery:
     if not settings.queue_url:
-        raise ValueError("no broker URL (--queue redis://... or STEPEDIT_QUEUE_URL)")
+        raise ValueError("no broker URL (--queue-url redis://... or STEPEDIT_QUEUE_URL)")
     app = Celery("stepedit", broker=settings.queue_url, set_as_current=False)
     app.conf.update(
         task_acks_late=True,

@@ -1,8 +1,11 @@
-"""Dispatch: turning an accepted job into a Celery task on its model version's queue.
+"""The fleet's dispatchers (`stepedit.jobs.dispatch.Dispatcher`).
 
-The API node imports this module, never `tasks` (which loads the engine): tasks are sent by
-name. A job is committed to PostgreSQL before it is dispatched, so a failed or lost dispatch
-loses nothing; the sweeper re-sends it.
+`CeleryDispatcher` (API nodes) turns an accepted or re-queued job into a Celery task on its
+model version's queue. The API node imports this module, never `tasks` (which loads the
+engine): tasks are sent by name. A job is committed to PostgreSQL before it is dispatched, so a
+failed or lost dispatch loses nothing; the sweeper re-sends it.
+
+`NoDispatcher` (workers) sends nothing.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import logging
 import re
 import uuid
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import Any
 
 import redis
 from celery import Celery
@@ -36,14 +39,6 @@ logger = logging.getLogger(__name__)
 INTERACTIVE_FLAVOURS = frozenset({"openai_edits", "generations", "reasoning"})
 _JOB_ID = re.compile(rb"[0-9a-f]{32}")
 _UNACKED_KEY = "unacked"  # kombu's Redis transport keeps delivered, unacked messages here
-
-
-class Dispatcher(Protocol):
-    def check_available(self) -> None:
-        """Raise ServiceUnavailable when jobs cannot be dispatched right now."""
-        ...
-
-    def dispatch(self, job_id: str, request: EditRequest, flavour: str) -> None: ...
 
 
 def priority_for(flavour: str) -> int:
@@ -73,7 +68,13 @@ class CeleryDispatcher:
         )
 
     def queue_for_request(self, request: EditRequest) -> str:
-        return queue_for(version_for(request, self.settings.default_model_version))
+        return queue_for(self.version_for(request))
+
+    def version_for(self, request: EditRequest) -> str:
+        return version_for(request, self.settings.default_model_version)
+
+    def wait_for_work(self, timeout_s: float) -> None:
+        """Nothing to wait for here: the broker hands jobs to the workers."""
 
     def check_available(self) -> None:
         try:
@@ -97,7 +98,7 @@ class CeleryDispatcher:
             raise ServiceUnavailable("the job queue is unavailable; retry shortly") from exc
         logger.info("job %s: dispatched to %s (priority %d)", job_id, queue, priority)
 
-    # ---------------------------------------------------------------- broker inspection
+    # ---------------------------------------------------------------- broker inspection (sweeper)
 
     def queue_lengths(self) -> dict[str, int]:
         """Messages waiting per queue (all priority levels together)."""
@@ -126,3 +127,20 @@ class CeleryDispatcher:
             if self.redis.type(name) in (b"list", "list"):
                 keys.append(name)
         return keys
+
+
+class NoDispatcher:
+    """A fleet worker's: the broker hands it jobs and it sends none. A job it re-queues (taking
+    over a dead worker's) it claims at once; one left queued is the API nodes' sweeper's."""
+
+    def check_available(self) -> None:
+        raise ServiceUnavailable("a worker does not accept jobs")
+
+    def dispatch(self, job_id: str, request: EditRequest, flavour: str) -> None:
+        pass
+
+    def wait_for_work(self, timeout_s: float) -> None:
+        pass
+
+    def version_for(self, request: EditRequest) -> str | None:
+        return None

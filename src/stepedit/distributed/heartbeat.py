@@ -1,8 +1,9 @@
 """Worker heartbeats: a thread that refreshes the worker's row every few seconds.
 
 The row says which job the worker runs and how busy it has been (an exponential moving average
-over about a minute), which is what API nodes report on /health and /metrics and what the
-sweeper uses to tell a dead worker's job from a slow one.
+over about a minute), which is what API nodes report on /health and /metrics. With the job's
+`worker_id` and `started_at` it tells a dead worker's job from a slow one (`lost_jobs`), for the
+sweeper and for a worker handed a job that another worker holds.
 """
 
 from __future__ import annotations
@@ -14,16 +15,19 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import delete
+from sqlalchemy import delete, select
 
 from stepedit.distributed.schema import WorkerRecord
-from stepedit.jobs.models import utcnow
+from stepedit.jobs.models import JobRecord, utcnow
+from stepedit.jobs.state import JobStatus
 from stepedit.jobs.store import JobStore
 
 logger = logging.getLogger(__name__)
 
 BUSY_WINDOW_S = 60.0
+WORKER_LOST_MESSAGE = "the worker running this job stopped responding, on every attempt"
 
 
 def new_worker_id() -> str:
@@ -136,3 +140,44 @@ class Heartbeat:
                 self.beat()
             except Exception as exc:  # the database may be briefly down; keep trying
                 logger.warning("heartbeat failed: %s", exc)
+
+
+def live_workers(store: JobStore, timeout_s: float) -> list[WorkerRecord]:
+    """Workers that heartbeated within `timeout_s`."""
+    since = utcnow() - timedelta(seconds=timeout_s)
+    with store.session() as session:
+        return list(
+            session.scalars(
+                select(WorkerRecord)
+                .where(WorkerRecord.last_seen >= since)
+                .order_by(WorkerRecord.id)
+            ).all()
+        )
+
+
+def lost_jobs(
+    store: JobStore, timeout_s: float, job_id: str | None = None
+) -> list[tuple[str, int]]:
+    """(id, attempt) of processing jobs (all, or just `job_id`) whose worker has shown no sign
+    of life for `timeout_s`: no heartbeat, and claimed longer ago than that."""
+    query = (
+        select(JobRecord.id, JobRecord.attempt, JobRecord.started_at, WorkerRecord.last_seen)
+        .outerjoin(WorkerRecord, WorkerRecord.id == JobRecord.worker_id)
+        .where(JobRecord.status == JobStatus.PROCESSING.value)
+    )
+    if job_id is not None:
+        query = query.where(JobRecord.id == job_id)
+    with store.session() as session:
+        rows = session.execute(query).all()
+    cutoff = utcnow() - timedelta(seconds=timeout_s)
+    return [
+        (found, int(attempt))
+        for found, attempt, started_at, last_seen in rows
+        if _last_sign_of_life(started_at, last_seen) < cutoff
+    ]
+
+
+def _last_sign_of_life(started_at: datetime | None, last_seen: datetime | None) -> datetime:
+    """A worker may not have beaten yet right after its claim: the claim counts as a sign."""
+    claimed = started_at or datetime.min.replace(tzinfo=UTC)
+    return max(claimed, last_seen) if last_seen else claimed

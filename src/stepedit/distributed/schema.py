@@ -1,4 +1,7 @@
-"""Tables of the scale-out mode, beside the job tables: worker heartbeats and job claims.
+"""Tables of the scale-out mode, beside the job tables: worker heartbeats.
+
+Which worker runs a job is the job's own `worker_id`, set by the claim itself (one guarded
+UPDATE); databases from before that keep an unused `job_claims` table.
 
 Kept on their own metadata so the single-machine store is unchanged; `create_tables` adds them
 to the job store's database.
@@ -34,17 +37,6 @@ class WorkerRecord(DistributedBase):
     current_job: Mapped[str | None] = mapped_column(String(32))
     busy_ratio: Mapped[float] = mapped_column(Float, default=0.0)  # moving average, 0..1
     jobs_done: Mapped[int] = mapped_column(Integer, default=0)
-
-
-class ClaimRecord(DistributedBase):
-    """Which worker holds a job's current attempt (the attempt number is the fencing token)."""
-
-    __tablename__ = "job_claims"
-
-    job_id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    worker_id: Mapped[str] = mapped_column(String(96), index=True)
-    attempt: Mapped[int] = mapped_column(Integer)
-    claimed_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
 def create_tables(engine: Engine) -> None:

@@ -10,20 +10,29 @@
 from __future__ import annotations
 
 import logging
-import secrets
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from stepedit.distributed.config import DistributedSettings
-from stepedit.jobs.storage import EXTENSIONS, MEDIA_TYPES, FileStorage, sniff_format
+from stepedit.jobs.storage import (
+    MEDIA_TYPES,
+    FileStorage,
+    Storage,
+    StoredFile,
+    sniff_format,
+    write_atomically,
+)
 
 logger = logging.getLogger(__name__)
 
 
-class ObjectStorage(FileStorage):
+class ObjectStorage:
+    """`Storage` in a bucket, with this node's copies in a local cache (a `FileStorage`)."""
+
     def __init__(self, cache_dir: Path, bucket: str, prefix: str, client: Any) -> None:
-        super().__init__(cache_dir)
+        self.cache = FileStorage(cache_dir)
         self.cache_dir = cache_dir
         self.bucket = bucket
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
@@ -49,16 +58,26 @@ class ObjectStorage(FileStorage):
         return f"{self.prefix}{local.parent.name}/{local.name}"
 
     def save_input(self, job_id: str, data: bytes) -> Path:
-        path = super().save_input(job_id, data)
+        path = self.cache.save_input(job_id, data)
         self._upload(path, data)
         return path
 
-    def save_output(self, data: bytes, image_format: str) -> tuple[str, Path]:
-        token = secrets.token_urlsafe(24)
-        path = self.outputs_dir / f"{token}.{EXTENSIONS.get(image_format, image_format)}"
+    def save_output(self, token: str, data: bytes, image_format: str) -> Path:
+        path = self.cache.save_output(token, data, image_format)
         self._upload(path, data)
-        path.write_bytes(data)
-        return token, path
+        return path
+
+    def output_path(self, token: str, image_format: str) -> Path:
+        return self.cache.output_path(token, image_format)
+
+    def stored_files(self) -> Iterator[StoredFile]:
+        """Every object under the prefix, as the cache path a job would record for it."""
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix):
+            for item in page.get("Contents", []):
+                kind, _, name = str(item["Key"])[len(self.prefix) :].partition("/")
+                if kind in ("inputs", "outputs") and name and "/" not in name:
+                    yield StoredFile(self.cache_dir / kind / name, kind, item["LastModified"])
 
     def delete(self, path: str | Path | None) -> None:
         if path is None:
@@ -67,12 +86,15 @@ class ObjectStorage(FileStorage):
             self.client.delete_object(Bucket=self.bucket, Key=self.key_for(path))
         except Exception:
             logger.warning("could not delete object %s", self.key_for(path), exc_info=True)
-        super().delete(self.localize_path(path))
+        self.cache.delete(self.localize_path(path))
 
     def localize_path(self, path: str | Path) -> Path:
         """Where `path` (recorded by any node) lives in this node's cache."""
         recorded = Path(path)
         return self.cache_dir / recorded.parent.name / recorded.name
+
+    def local_path(self, path: str | Path) -> Path:
+        return self.fetch(path)
 
     def fetch(self, path: str | Path) -> Path:
         """This node's copy of a stored file, downloaded on first use; FileNotFoundError if gone."""
@@ -83,10 +105,7 @@ class ObjectStorage(FileStorage):
             answer = self.client.get_object(Bucket=self.bucket, Key=self.key_for(path))
         except self.client.exceptions.NoSuchKey as exc:
             raise FileNotFoundError(self.key_for(path)) from exc
-        data = answer["Body"].read()
-        tmp = local.with_name(local.name + ".tmp")
-        tmp.write_bytes(data)
-        tmp.replace(local)
+        write_atomically(local, answer["Body"].read())
         return local
 
     def _upload(self, path: Path, data: bytes) -> None:
@@ -99,14 +118,7 @@ class ObjectStorage(FileStorage):
         )
 
 
-def storage_from_settings(settings: DistributedSettings) -> FileStorage:
+def storage_from_settings(settings: DistributedSettings) -> Storage:
     if settings.storage_url:
         return ObjectStorage.from_settings(settings)
     return FileStorage(settings.data_dir)
-
-
-def fetch_local(storage: FileStorage, path: str | Path) -> Path:
-    """A path this node can open: the file itself on a shared disk, a cached copy for S3."""
-    if isinstance(storage, ObjectStorage):
-        return storage.fetch(path)
-    return Path(path)

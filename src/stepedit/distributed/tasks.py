@@ -14,21 +14,23 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
 from celery import Celery
+from celery.exceptions import Reject
 from PIL import Image
 from sqlalchemy.exc import DBAPIError
 
 from stepedit.distributed.celery_app import TASK_NAME
-from stepedit.distributed.heartbeat import BusyClock
-from stepedit.distributed.service import ClaimLost, SharedJobService
+from stepedit.distributed.heartbeat import WORKER_LOST_MESSAGE, BusyClock, lost_jobs
 from stepedit.engine.editor import Editor, EditorResult, ProgressCallback
 from stepedit.engine.safety import SafetyChecker
-from stepedit.engine.worker import run_job
+from stepedit.engine.worker import RELEASE_WAIT_S, Abandoned, RunControl, run_job
 from stepedit.errors import ServiceUnavailable, StepEditError
+from stepedit.jobs.service import ClaimedJob, ClaimLost, JobService
+from stepedit.jobs.state import JobStatus
 from stepedit.request import EditRequest
 
 logger = logging.getLogger(__name__)
@@ -82,41 +84,87 @@ class TimedEditor:
             signal.signal(signal.SIGALRM, previous)
 
 
+def claim_job(
+    service: JobService, job_id: str, worker_id: str, heartbeat_timeout_s: float
+) -> ClaimedJob | None:
+    """Take `job_id` for `worker_id`; None when it is not ours to run (done, or alive elsewhere).
+
+    A queued job is claimed. A processing one is taken over only when its worker has shown no
+    sign of life for `heartbeat_timeout_s` (the message came back after that worker died): its
+    attempt is recovered first (re-queued, or failed once max_attempts are spent), then claimed.
+    """
+    claimed = service.claim(job_id, worker_id)
+    if claimed is not None:
+        return claimed
+    for lost_id, attempt in lost_jobs(service.store, heartbeat_timeout_s, job_id):
+        view = service.recover_lost(
+            lost_id, attempt, code="worker_lost", message=WORKER_LOST_MESSAGE
+        )
+        if view is not None and view.status is JobStatus.QUEUED:
+            return service.claim(job_id, worker_id)
+    return None
+
+
 @dataclass
 class WorkerRuntime:
     """What one worker process holds for its whole life: the model, loaded once."""
 
-    service: SharedJobService
+    service: JobService
     editor: Editor
     worker_id: str
     clock: BusyClock
+    heartbeat_timeout_s: float
     safety: SafetyChecker | None = None
     nsfw_filter: bool = True
+    control: RunControl = field(default_factory=RunControl)
 
     def run(self, job_id: str) -> str:
-        """Run `job_id` if it is ours to run; returns what happened (for logs and tests)."""
-        job = self.service.claim(job_id, self.worker_id)
+        """Run `job_id` if it is ours to run; returns what happened (for logs and tests):
+        "done", "released" (a shutdown handed it back), "skipped", "lost" or "abandoned"."""
+        if self.control.release.is_set():
+            return "released"  # shutting down: leave it in the queue for another worker
+        job = claim_job(self.service, job_id, self.worker_id, self.heartbeat_timeout_s)
         if job is None:
+            logger.info("job %s: not ours to run (done, or running on a live worker)", job_id)
             return "skipped"
         self.clock.start(job_id)
         try:
-            run_job(
-                self.service, self.editor, job, safety=self.safety, nsfw_filter=self.nsfw_filter
+            outcome = run_job(
+                self.service,
+                self.editor,
+                job,
+                safety=self.safety,
+                nsfw_filter=self.nsfw_filter,
+                control=self.control,
             )
-            return "done"
+            return "released" if outcome == "released" else "done"
         except ClaimLost:
             logger.warning("job %s: taken over by another worker; result dropped", job_id)
             return "lost"
+        except Abandoned:
+            return "abandoned"
         finally:
-            self.service.release(job_id)
             self.clock.stop()
+
+    def begin_shutdown(self, grace_s: float) -> None:
+        """The worker got SIGTERM: the running job has `grace_s` to finish, then it is handed
+        back to the queue at its next step (its attempt not counted), and writes still being
+        retried stop a little later."""
+        release = threading.Timer(grace_s, self.control.release.set)
+        abandon = threading.Timer(grace_s + RELEASE_WAIT_S, self.control.abandon.set)
+        for timer in (release, abandon):
+            timer.daemon = True
+            timer.start()
 
 
 def register_task(app: Celery, runtime: WorkerRuntime) -> Any:
     @app.task(name=TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True)
     def run_edit_job(task: Any, job_id: str) -> str:
         try:
-            return runtime.run(job_id)
+            outcome = runtime.run(job_id)
+            if outcome == "released":  # back in the broker, for a worker that is not stopping
+                raise Reject(f"job {job_id} handed back by a shutdown", requeue=True)
+            return outcome
         except (ServiceUnavailable, DBAPIError) as exc:
             # The database is briefly down: the job stays where it was; try again later.
             logger.warning("job %s: database unavailable (%s); retrying", job_id, exc)

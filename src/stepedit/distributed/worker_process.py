@@ -1,20 +1,25 @@
 """One worker process: load the model once, heartbeat, consume one queue with the solo pool.
 
 The solo pool runs each task in this process's main thread, so the model loaded here is the one
-every job uses, and exactly one job runs at a time.
+every job uses, and exactly one job runs at a time. A model that cannot be loaded ends the
+process with an error (exit status 1) before it heartbeats or consumes anything: no job is
+routed to it, and its supervisor can restart it.
 """
 
 from __future__ import annotations
 
 import logging
 
+from celery.signals import worker_shutting_down
+
 from stepedit.distributed.celery_app import make_celery, queue_for, version_of
 from stepedit.distributed.config import DistributedSettings
 from stepedit.distributed.heartbeat import BusyClock, Heartbeat, new_worker_id
-from stepedit.distributed.service import SharedJobService
+from stepedit.distributed.service import fleet_service
 from stepedit.distributed.tasks import TimedEditor, WorkerRuntime, register_task
 from stepedit.engine import load_editor, load_safety_checker
 from stepedit.engine.editor import Editor
+from stepedit.jobs.health import describe_failure
 
 logger = logging.getLogger(__name__)
 
@@ -23,18 +28,26 @@ def served_version(settings: DistributedSettings, editor: Editor) -> str:
     """--model-version, else what the loaded model says, else the model source's name."""
     if settings.model_version:
         return settings.model_version
-    detected = getattr(getattr(editor, "pipeline", None), "version", None)
+    detected = getattr(editor, "model_version", None)
     if isinstance(detected, str):
         return detected
     return version_of(settings.model, settings.default_model_version)
 
 
 def run_worker(settings: DistributedSettings) -> int:
-    service = SharedJobService(settings, role="worker")
+    service = fleet_service(settings, role="worker")
     worker_id = new_worker_id()
     logger.info("worker %s: loading %s", worker_id, settings.model)
-    editor = load_editor(settings)
+    try:
+        editor = load_editor(settings)
+        safety = load_safety_checker(settings.safety_checker)
+    except Exception as exc:
+        service.model.failed(describe_failure(exc))
+        logger.exception("worker %s: the model could not be loaded; exiting", worker_id)
+        service.close()
+        return 1
     version = served_version(settings, editor)
+    service.model.loaded(version)
     queue = queue_for(version)
     clock = BusyClock()
     runtime = WorkerRuntime(
@@ -42,7 +55,8 @@ def run_worker(settings: DistributedSettings) -> int:
         editor=TimedEditor(editor, settings.job_timeout_s),
         worker_id=worker_id,
         clock=clock,
-        safety=load_safety_checker(settings.safety_checker),
+        heartbeat_timeout_s=settings.heartbeat_timeout_s,
+        safety=safety,
         nsfw_filter=settings.nsfw_filter,
     )
     heartbeat = Heartbeat(
@@ -56,8 +70,14 @@ def run_worker(settings: DistributedSettings) -> int:
     )
     app = make_celery(settings)
     register_task(app, runtime)
+
+    def on_shutdown(**_kwargs: object) -> None:
+        # SIGTERM (Celery's warm shutdown): the running job gets the grace to finish, and is
+        # handed back to the broker otherwise.
+        runtime.begin_shutdown(settings.shutdown_grace_s)
+
+    worker_shutting_down.connect(on_shutdown, weak=False)
     heartbeat.start()
-    service.set_ready(True)
     logger.info("worker %s: model loaded; consuming %s", worker_id, queue)
     try:
         app.worker_main(
@@ -76,7 +96,7 @@ def run_worker(settings: DistributedSettings) -> int:
     except SystemExit as exc:
         return int(exc.code or 0)
     finally:
-        service.set_ready(False)
+        service.model.stopped()
         heartbeat.stop()
         service.close()
     return 0

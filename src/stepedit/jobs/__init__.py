@@ -1,12 +1,23 @@
-"""Jobs: the state machine, its store, the queue, image storage and webhooks."""
+"""Jobs: the state machine, its store, dispatch, image storage, the webhook outbox, health."""
 
-from stepedit.jobs.service import ClaimedJob, JobService, ProducedImage, to_native_dict
+from stepedit.jobs.health import Health, HealthStatus
+from stepedit.jobs.service import ClaimedJob, ClaimLost, JobService, ProducedImage, to_native_dict
 from stepedit.jobs.state import JobStatus
-from stepedit.jobs.views import ErrorView, JobView, OutputView, ProgressView, TimingsView
+from stepedit.jobs.views import (
+    ErrorView,
+    JobView,
+    OutputView,
+    ProgressView,
+    TimingsView,
+    WebhookView,
+)
 
 __all__ = [
+    "ClaimLost",
     "ClaimedJob",
     "ErrorView",
+    "Health",
+    "HealthStatus",
     "JobService",
     "JobStatus",
     "JobView",
@@ -14,5 +25,6 @@ __all__ = [
     "ProducedImage",
     "ProgressView",
     "TimingsView",
+    "WebhookView",
     "to_native_dict",
 ]

@@ -1,7 +1,7 @@
 """SQLAlchemy 2 tables for jobs and their outputs. Portable SQL only (SQLite and PostgreSQL).
 
-State changes go through the methods of `JobRecord`, which check the state machine and stamp
-the times; nothing else assigns `status`.
+`status` is written in one place only: `JobStore.transition`, a conditional UPDATE guarded by
+(status, attempt) and checked against the state machine (`jobs/state.py`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from stepedit.jobs.state import JobStatus, check_transition
+from stepedit.jobs.state import JobStatus
 
 
 def utcnow() -> datetime:
@@ -63,11 +63,26 @@ class JobRecord(Base):
     request_json: Mapped[str] = mapped_column(Text)
     seed: Mapped[int] = mapped_column(Integer)
     input_path: Mapped[str | None] = mapped_column(String(512))
+    input_json: Mapped[str | None] = mapped_column(Text)  # the wire request as sent (echoed)
     webhook_url: Mapped[str | None] = mapped_column(String(2048))
-    webhook_state: Mapped[str | None] = mapped_column(String(16))  # pending | delivered | failed
+    # The webhook outbox entry: pending | sending | delivered | failed. `webhook_due_at` is when
+    # a sender may take it next (a retry's time, or a claim's lease while sending).
+    webhook_state: Mapped[str | None] = mapped_column(String(16))
+    webhook_due_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    webhook_attempts: Mapped[int | None] = mapped_column(Integer)
+    webhook_last_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    webhook_last_status: Mapped[int | None] = mapped_column(Integer)  # HTTP status, if answered
+    webhook_last_error: Mapped[str | None] = mapped_column(Text)
     idempotency_key: Mapped[str | None] = mapped_column(String(255), index=True)
+    # sha256 of (owner, key): unique, so two API nodes cannot both accept one key.
+    idempotency_scope: Mapped[str | None] = mapped_column(String(64), unique=True)
     tokens: Mapped[int] = mapped_column(Integer, default=0)
-    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    attempt: Mapped[int] = mapped_column(Integer, default=0)  # the fencing token of each run
+    # Runs handed back by a graceful shutdown: they do not count against max_attempts.
+    attempts_released: Mapped[int | None] = mapped_column(Integer)
+    # Output tokens are derived from it (per attempt and index): names are known before writing.
+    output_salt: Mapped[str | None] = mapped_column(String(64))
+    worker_id: Mapped[str | None] = mapped_column(String(96))  # who runs it (fleet workers)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
 
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
@@ -95,45 +110,9 @@ class JobRecord(Base):
     def job_status(self) -> JobStatus:
         return JobStatus(self.status)
 
-    def _move(self, target: JobStatus) -> None:
-        check_transition(self.id, self.job_status, target)
-        self.status = target.value
-
-    def start(self, now: datetime) -> None:
-        self._move(JobStatus.PROCESSING)
-        self.started_at = now
-        self.attempt += 1
-        self.progress_step = 0
-        self.progress_stage = "starting"
-
-    def succeed(self, now: datetime) -> None:
-        self._move(JobStatus.SUCCEEDED)
-        self.finished_at = now
-        self.progress_stage = "done"
-
-    def fail(self, now: datetime, code: str, message: str) -> None:
-        self._move(JobStatus.FAILED)
-        self.finished_at = now
-        self.error_code = code
-        self.error_message = message
-        self.progress_stage = "failed"
-
-    def cancel(self, now: datetime) -> None:
-        self._move(JobStatus.CANCELED)
-        self.finished_at = now
-        self.error_code = "canceled"
-        self.error_message = "canceled by the client"
-        self.progress_stage = "canceled"
-
-    def requeue(self, now: datetime) -> None:
-        """Back to the queue after the server died while this job ran.
-
-        `queued_at` is kept, so the job keeps its place at the head of the queue.
-        """
-        self._move(JobStatus.QUEUED)
-        self.started_at = None
-        self.progress_step = 0
-        self.progress_stage = "queued"
+    @property
+    def counted_attempts(self) -> int:
+        return self.attempt - (self.attempts_released or 0)
 
 
 class OutputRecord(Base):
@@ -153,3 +132,15 @@ class OutputRecord(Base):
     deleted: Mapped[bool] = mapped_column(Boolean, default=False)
 
     job: Mapped[JobRecord] = relationship(back_populates="outputs")
+
+
+class WebhookSecretRecord(Base):
+    """The webhook signing secret of one owner (an API key's hash; "" for anonymous callers).
+    After a rotation the previous secret still signs deliveries for a while."""
+
+    __tablename__ = "webhook_secrets"
+
+    owner_key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    secret: Mapped[str] = mapped_column(String(128))
+    previous_secret: Mapped[str | None] = mapped_column(String(128))
+    rotated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -46,13 +47,26 @@ class TimingsView:
 
 
 @dataclass(frozen=True)
+class WebhookView:
+    """Where a job's webhook delivery stands (the outbox entry)."""
+
+    url: str
+    state: str  # pending | sending | delivered | failed
+    attempts: int = 0
+    last_attempt_at: datetime | None = None
+    last_status: int | None = None  # the receiver's HTTP status, when it answered
+    last_error: str | None = None  # why the last attempt failed
+    next_attempt_at: datetime | None = None  # while pending: when it is tried (again)
+
+
+@dataclass(frozen=True)
 class JobView:
     id: str
     status: JobStatus
     flavour: str
     owner: str | None
     request: EditRequest
-    seed: int  # the base seed actually used (request.seed, or the one drawn at submit)
+    seed: int  # the base seed (= request.seed: drawn at submit when the client sent none)
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -65,6 +79,11 @@ class JobView:
     attempt: int
     webhook_url: str | None
     reasoning: dict[str, Any] | None = None  # see EditorResult.reasoning
+    webhook: WebhookView | None = None
+    tokens: int = 0  # what the job is charged (seed 004's tokens)
+    # The wire request as the client sent it (large inline images elided), for flavours that
+    # echo it (wavespeed's `input`); None when the API layer did not pass it.
+    wire_input: dict[str, Any] | None = None
 
     @property
     def is_terminal(self) -> bool:
@@ -73,3 +92,47 @@ class JobView:
     @property
     def has_nsfw(self) -> bool:
         return any(output.nsfw for output in self.outputs)
+
+
+def to_native_dict(view: JobView) -> dict[str, Any]:
+    """The native JobView JSON (CONTRACTS.md); also the default webhook body."""
+    return {
+        "id": view.id,
+        "status": view.status.value,
+        "created_at": _iso(view.created_at),
+        "started_at": _iso(view.started_at),
+        "finished_at": _iso(view.finished_at),
+        "request": dataclasses.asdict(view.request),
+        "seed": view.seed,
+        "progress": dataclasses.asdict(view.progress),
+        "outputs": [{"url": o.url, "seed": o.seed, "nsfw": o.nsfw} for o in view.outputs],
+        "prompt_used": view.prompt_used,
+        "passes": list(view.passes),
+        "reasoning": view.reasoning,
+        "error": dataclasses.asdict(view.error) if view.error else None,
+        "timings": {
+            "inference_ms": view.timings.inference_ms,
+            "queue_ms": view.timings.queue_ms,
+            "total_ms": view.timings.total_ms,
+            **{f"{k}_ms": v for k, v in view.timings.stages_ms.items()},
+        },
+        "webhook": to_webhook_dict(view.webhook),
+    }
+
+
+def to_webhook_dict(webhook: WebhookView | None) -> dict[str, Any] | None:
+    """The delivery state shown in the native job view (None without a webhook)."""
+    if webhook is None:
+        return None
+    return {
+        "state": webhook.state,
+        "attempts": webhook.attempts,
+        "last_attempt_at": _iso(webhook.last_attempt_at),
+        "last_status": webhook.last_status,
+        "last_error": webhook.last_error,
+        "next_attempt_at": _iso(webhook.next_attempt_at) if webhook.state == "pending" else None,
+    }
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment else None

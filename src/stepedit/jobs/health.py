@@ -1,0 +1,143 @@
+"""Health as a state, not a bool (in the spirit of cog's `Health`).
+
+A process that runs the model (the single machine, a fleet worker) moves through
+
+    loading ──> ready ──> unavailable   (the worker stopped: shutting down)
+       └──────> failed                  (the model could not be loaded; nothing will run)
+
+A fleet API node has no model: it is ready while its database and broker answer, unavailable
+while either is down (`stepedit.distributed.service.FleetHealth`).
+
+`GET /health` renders any of them the same way: 200 when ready, 503 otherwise, with
+`{"status", "model_version", "reason" (when there is one), ...details}`. Ready is spelled "ok" on
+the wire, as it has been since the first release.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Protocol
+
+from stepedit.errors import ServiceUnavailable
+from stepedit.settings import Settings
+
+_VERSION = re.compile(r"v1\.[0-2]")
+
+
+class HealthStatus(StrEnum):
+    LOADING = "loading"
+    READY = "ok"
+    FAILED = "failed"
+    UNAVAILABLE = "unavailable"
+
+
+@dataclass(frozen=True)
+class Health:
+    status: HealthStatus
+    reason: str | None = None
+    model_version: str | None = None
+    details: Mapping[str, Any] = field(default_factory=dict)  # e.g. a fleet's live workers
+
+    @property
+    def is_ready(self) -> bool:
+        return self.status is HealthStatus.READY
+
+    def to_dict(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"status": self.status.value, "model_version": self.model_version}
+        if self.reason is not None:
+            body["reason"] = self.reason
+        return {**body, **self.details}
+
+
+class HealthCheck(Protocol):
+    """What a `JobService` asks about the process's ability to run jobs."""
+
+    @property
+    def model_version(self) -> str | None:
+        """The release this process runs, once known (None on a fleet API node)."""
+        ...
+
+    def health(self) -> Health:
+        """The full state, for /health (a fleet API node probes its database and broker)."""
+        ...
+
+    def raise_if_failed(self) -> None:
+        """Cheap: ServiceUnavailable when accepted jobs cannot run here at all."""
+        ...
+
+
+class ModelHealth:
+    """The state of the model this process loads; the worker that loads it moves it."""
+
+    def __init__(self, declared_version: str | None = None) -> None:
+        self._lock = threading.Lock()
+        self._status = HealthStatus.LOADING
+        self._reason: str | None = None
+        self._version = declared_version
+        self._listeners: list[Callable[[], None]] = []
+
+    def on_change(self, listener: Callable[[], None]) -> None:
+        """`listener()` after every change (the service wakes synchronous waiters with it)."""
+        self._listeners.append(listener)
+
+    def _changed(self) -> None:
+        for listener in self._listeners:
+            listener()
+
+    @property
+    def model_version(self) -> str | None:
+        return self._version
+
+    @model_version.setter
+    def model_version(self, version: str | None) -> None:
+        self._version = version
+
+    @property
+    def status(self) -> HealthStatus:
+        return self._status
+
+    def loaded(self, version: str | None = None) -> None:
+        """Ready; `version` is what the loaded model reports (None keeps the declared one)."""
+        with self._lock:
+            self._status, self._reason = HealthStatus.READY, None
+            self._version = version or self._version
+        self._changed()
+
+    def failed(self, reason: str) -> None:
+        with self._lock:
+            self._status, self._reason = HealthStatus.FAILED, reason
+        self._changed()
+
+    def stopped(self) -> None:
+        """The worker stopped (shutdown). A failed load keeps its reason."""
+        with self._lock:
+            if self._status is not HealthStatus.FAILED:
+                self._status, self._reason = HealthStatus.UNAVAILABLE, "the worker has stopped"
+        self._changed()
+
+    def health(self) -> Health:
+        with self._lock:
+            return Health(self._status, self._reason, self._version)
+
+    def raise_if_failed(self) -> None:
+        if self._status is HealthStatus.FAILED:
+            raise ServiceUnavailable(f"the model could not be loaded ({self._reason})")
+
+
+def declared_version(settings: Settings) -> str | None:
+    """The release named before loading: `--model-version`, else one in the model source's name
+    (`dummy:tiny-v1.2`, `step1x-edit-v1p2`)."""
+    if settings.model_version:
+        return settings.model_version
+    found = _VERSION.search((settings.model or "").lower().replace("v1p", "v1."))
+    return found.group(0) if found else None
+
+
+def describe_failure(exc: BaseException) -> str:
+    """One line naming a load failure, for /health and the logs."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}"[:300] if text else type(exc).__name__
