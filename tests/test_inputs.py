@@ -30,9 +30,13 @@ from stepedit.inputs import (
     decode_base64_source,
     decode_image,
     fetch_image_bytes,
+    fetch_policy_from_settings,
     is_blocked_address,
     load_image_source,
+    rules_from_settings,
 )
+from stepedit.request import MAX_PROMPT_CHARS
+from stepedit.settings import Settings
 
 PUBLIC_IP = "93.184.216.34"
 T = TypeVar("T")
@@ -361,6 +365,30 @@ def test_prompt_checks() -> None:
         with pytest.raises(InvalidInput):
             check_prompt(bad, 20)
     assert check_prompt("", 20, param="negative_prompt", allow_empty=True) == ""
+    assert check_prompt("x" * MAX_PROMPT_CHARS) == "x" * MAX_PROMPT_CHARS
+    with pytest.raises(InvalidInput):
+        check_prompt("x" * (MAX_PROMPT_CHARS + 1))
+
+
+def test_settings_tighten_the_image_rules_and_never_loosen_them() -> None:
+    tight = Settings(max_upload_bytes=1024 * 1024, max_input_pixels=1000 * 1000)
+    rules = rules_from_settings(tight)
+    assert (rules.max_bytes, rules.max_pixels) == (1024 * 1024, 1000 * 1000)
+    assert rules.max_side == DEFAULT_RULES.max_side
+    with pytest.raises(InvalidInput):  # 1200 x 1000 pixels: over the server's limit
+        decode_image(encode(1200, 1000), rules)
+    loose = Settings(max_upload_bytes=100 * 1024 * 1024, max_input_pixels=10**9)
+    assert rules_from_settings(loose, OPENAI_EDITS_RULES) == OPENAI_EDITS_RULES
+    assert rules_from_settings(loose) == DEFAULT_RULES
+
+
+def test_fetch_policy_from_settings() -> None:
+    settings = Settings(
+        allow_private_urls=True, max_upload_bytes=5 * 1024 * 1024, image_fetch_timeout_s=2.5
+    )
+    assert fetch_policy_from_settings(settings) == FetchPolicy(
+        allow_private_urls=True, max_bytes=5 * 1024 * 1024, timeout_s=2.5
+    )
 
 
 @pytest.fixture(scope="module")

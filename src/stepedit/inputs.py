@@ -20,20 +20,20 @@ import logging
 import re
 import socket
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
 from urllib.parse import SplitResult, urljoin, urlsplit
 
 import httpx
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from stepedit.errors import ImageFetchError, InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from stepedit.request import MAX_PROMPT_CHARS
+from stepedit.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 MB = 1024 * 1024
-DEFAULT_MAX_PROMPT_CHARS = 2048  # flavours without a published limit; seed 002 says 512
 # Pillow format names -> the names users know.
 FORMAT_NAMES = {"JPEG": "jpeg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp"}
 
@@ -86,49 +86,24 @@ class DecodedImage:
         return buffer.getvalue()
 
 
-def _setting(settings: Any, *names: str) -> Any:
-    for name in names:
-        value = getattr(settings, name, None)
-        if value is not None:
-            return value
-    return None
-
-
-def rules_from_settings(settings: Any, base: ImageRules = DEFAULT_RULES) -> ImageRules:
-    """`base` tightened by the server's input limits (`max_upload_bytes`, and where defined
-    `max_input_pixels`, `min_input_side`, `max_input_side`). A flavour's own published limits
-    (seed 002) are never loosened by the settings."""
-
-    def limit(current: int, pick: Callable[[int, int], int], *names: str) -> int:
-        value = _setting(settings, *names)
-        return pick(current, value) if isinstance(value, int) and value > 0 else current
-
+def rules_from_settings(settings: Settings, base: ImageRules = DEFAULT_RULES) -> ImageRules:
+    """`base` tightened by the server's input limits (`max_upload_bytes`, `max_input_pixels`).
+    A flavour's own published limits (seed 002) are never loosened by the settings."""
     return replace(
         base,
-        max_bytes=limit(base.max_bytes, min, "max_upload_bytes", "max_input_bytes"),
-        max_pixels=limit(base.max_pixels, min, "max_input_pixels"),
-        min_side=limit(base.min_side, max, "min_input_side"),
-        max_side=limit(base.max_side, min, "max_input_side"),
+        max_bytes=min(base.max_bytes, settings.max_upload_bytes),
+        max_pixels=min(base.max_pixels, settings.max_input_pixels),
     )
 
 
-def fetch_policy_from_settings(settings: Any) -> FetchPolicy:
-    """The URL policy from `allow_private_urls`, `max_upload_bytes` and `image_fetch_timeout_s`
-    (missing ones keep the defaults)."""
-    default = FetchPolicy()
-    max_bytes = _setting(settings, "max_upload_bytes", "max_input_bytes")
-    timeout_s = _setting(settings, "image_fetch_timeout_s", "url_fetch_timeout_s")
+def fetch_policy_from_settings(settings: Settings) -> FetchPolicy:
+    """How image URLs are fetched on this server: `allow_private_urls`, `max_upload_bytes`,
+    `image_fetch_timeout_s`."""
     return FetchPolicy(
-        allow_private_urls=bool(_setting(settings, "allow_private_urls")),
-        max_bytes=int(max_bytes) if max_bytes else default.max_bytes,
-        timeout_s=float(timeout_s) if timeout_s else default.timeout_s,
+        allow_private_urls=settings.allow_private_urls,
+        max_bytes=settings.max_upload_bytes,
+        timeout_s=settings.image_fetch_timeout_s,
     )
-
-
-def max_prompt_chars(settings: Any) -> int:
-    """`settings.max_prompt_chars` where defined; the default otherwise."""
-    value = _setting(settings, "max_prompt_chars")
-    return value if isinstance(value, int) and value > 0 else DEFAULT_MAX_PROMPT_CHARS
 
 
 # --- decoding -------------------------------------------------------------------------------
@@ -486,7 +461,11 @@ def _redacted(url: str) -> str:
 
 
 def check_prompt(
-    prompt: str, max_chars: int, *, param: str = "prompt", allow_empty: bool = False
+    prompt: str,
+    max_chars: int = MAX_PROMPT_CHARS,
+    *,
+    param: str = "prompt",
+    allow_empty: bool = False,
 ) -> str:
     """The prompt, stripped; InvalidInput when empty (unless allowed), longer than `max_chars`
     characters, or not encodable as UTF-8 (a lone surrogate from a JSON "\\ud800" escape)."""

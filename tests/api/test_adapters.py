@@ -10,7 +10,9 @@ import pytest
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
-from stepedit.api import errors
+from stepedit.api import errors, serving
+from stepedit.api.app import FALLBACK, FLAVOURS
+from stepedit.api.flavours import FlavourRegistry
 from stepedit.api.generations import adapter as generations
 from stepedit.api.generations.protocol import GenerationRequest
 from stepedit.api.openai_edits import adapter as openai_edits
@@ -21,7 +23,9 @@ from stepedit.api.wavespeed import adapter as wavespeed
 from stepedit.api.wavespeed.protocol import WavespeedEditRequest
 from stepedit.errors import (
     ImageFetchError,
+    InsufficientStorage,
     InvalidInput,
+    JobCanceled,
     NotFound,
     PayloadTooLarge,
     QueueFull,
@@ -31,7 +35,8 @@ from stepedit.errors import (
 )
 from stepedit.jobs.state import JobStatus
 from stepedit.jobs.views import ErrorView, JobView, OutputView, ProgressView, TimingsView
-from stepedit.request import EditRequest
+from stepedit.request import VERSIONS, EditRequest, Pass
+from stepedit.settings import Settings
 
 CREATED = datetime(2023, 4, 1, 12, 34, 56, 789_123, tzinfo=UTC)
 
@@ -42,7 +47,7 @@ def job(
     *,
     outputs: int = 1,
     nsfw: bool = False,
-    passes: tuple[str, ...] = ("edit",),
+    passes: tuple[str, ...] = (Pass.DIFFUSION,),
     error: ErrorView | None = None,
 ) -> JobView:
     seed = request.seed if request.seed is not None else 1234
@@ -84,7 +89,7 @@ def job(
 
 def test_wavespeed_defaults_and_round_trip() -> None:
     body = WavespeedEditRequest.model_validate({"prompt": "add sunglasses", "image": "aGk="})
-    request = wavespeed.to_edit_request(body, "add sunglasses")
+    request = wavespeed.to_edit_request(body)
     assert request == EditRequest(
         prompt="add sunglasses", seed=None, guidance_scale=4.0, num_inference_steps=30
     )
@@ -133,20 +138,18 @@ def test_wavespeed_seed_and_extras() -> None:
     body = WavespeedEditRequest.model_validate(
         {"prompt": "p", "image": "x", "seed": 7, "enhance_prompt": True, "whatever": 1}
     )
-    request = wavespeed.to_edit_request(body, "p")
+    request = wavespeed.to_edit_request(body)
     assert request.seed == 7 and request.enhance_prompt is True
-    assert wavespeed.to_edit_request(body.model_copy(update={"seed": -1}), "p").seed is None
-    assert wavespeed.to_edit_request(body.model_copy(update={"seed": None}), "p").seed is None
+    assert wavespeed.to_edit_request(body.model_copy(update={"seed": -1})).seed is None
+    assert wavespeed.to_edit_request(body.model_copy(update={"seed": None})).seed is None
 
 
-def test_wavespeed_webhook_renderer_is_the_result_object() -> None:
-    view = job(EditRequest(prompt="x"))
+def test_wavespeed_webhook_renderer_is_the_bare_prediction_with_its_input() -> None:
+    view = dataclasses.replace(job(EditRequest(prompt="x")), wire_input={"prompt": "x"})
     rendered = wavespeed.webhook_renderer("http://h")(view)
-    assert rendered == {
-        "code": 200,
-        "message": "success",
-        "data": wavespeed.to_prediction(view, base_url="http://h").model_dump(mode="json"),
-    }
+    prediction = wavespeed.to_prediction(view, base_url="http://h").model_dump(mode="json")
+    assert rendered == {**prediction, "input": {"prompt": "x"}}
+    assert list(rendered)[:3] == ["id", "model", "input"]
 
 
 def test_created_at_naive_is_utc() -> None:
@@ -168,7 +171,7 @@ def test_wavespeed_ranges(fields: dict[str, Any]) -> None:
 
 def test_openai_edits_defaults_and_round_trip() -> None:
     form = ImageEditForm.model_validate({"model": "step-1x-edit", "prompt": "cat"})
-    request = openai_edits.to_edit_request(form, "cat")
+    request = openai_edits.to_edit_request(form)
     assert request == EditRequest(
         prompt="cat",
         seed=None,
@@ -190,7 +193,7 @@ def test_openai_edits_form_strings_seed_zero_and_b64() -> None:
     form = ImageEditForm.model_validate(
         {"model": "step-1x-edit", "prompt": "p", "seed": "0", "steps": "20", "cfg_scale": "10.0"}
     )
-    request = openai_edits.to_edit_request(form, "p")
+    request = openai_edits.to_edit_request(form)
     assert (request.seed, request.num_inference_steps, request.guidance_scale) == (None, 20, 10.0)
     filtered = openai_edits.to_response(job(request, nsfw=True), base64_outputs=["QUJD"])
     item = filtered.model_dump(exclude_none=True)["data"][0]
@@ -200,14 +203,14 @@ def test_openai_edits_form_strings_seed_zero_and_b64() -> None:
 def test_openai_edits_unknown_model() -> None:
     form = ImageEditForm.model_validate({"model": "dall-e-2", "prompt": "p"})
     with pytest.raises(InvalidInput) as info:
-        openai_edits.to_edit_request(form, "p")
+        openai_edits.to_edit_request(form)
     assert info.value.param == "model"
 
 
 @pytest.mark.parametrize("size", ["768x768", "1024x1024"])
 def test_openai_edits_size(size: str) -> None:
     form = ImageEditForm.model_validate({"model": "step-1x-edit", "prompt": "p", "size": size})
-    assert openai_edits.to_edit_request(form, "p").size_level == int(size.split("x")[0])
+    assert openai_edits.to_edit_request(form).size_level == int(size.split("x")[0])
 
 
 # --- generations (seed 003) -----------------------------------------------------------------
@@ -217,7 +220,7 @@ def test_generations_defaults_and_round_trip() -> None:
     body = GenerationRequest.model_validate(
         {"model": "stepfun-ai/step1x-edit", "prompt": "sketch", "image": "x"}
     )
-    request = generations.to_edit_request(body, "sketch")
+    request = generations.to_edit_request(body)
     assert request == EditRequest(
         prompt="sketch",
         seed=None,
@@ -251,7 +254,7 @@ def test_generations_n_seed_strength() -> None:
             "negative_prompt": "blurry",
         }
     )
-    request = generations.to_edit_request(body, "p")
+    request = generations.to_edit_request(body)
     assert (request.num_images, request.seed, request.strength) == (4, 9, 0.3)
     assert request.negative_prompt == "blurry"
 
@@ -261,7 +264,7 @@ def test_generations_n_seed_strength() -> None:
 
 def test_reasoning_defaults_and_round_trip() -> None:
     body = ReasoningEditRequest.model_validate({"model": "step1x-edit", "prompt": "fix it"})
-    request = reasoning.to_edit_request(body, "fix it")
+    request = reasoning.to_edit_request(body)
     assert request == EditRequest(prompt="fix it", num_inference_steps=50, guidance_scale=6.0)
     assert request.enable_thinking is None and request.enable_reflection is None
     passes = ("thinking", "diffusion_1", "reflection_1", "diffusion_2", "reflection_2")
@@ -282,7 +285,7 @@ def test_reasoning_passes_not_run_are_reported() -> None:
     body = ReasoningEditRequest.model_validate(
         {"prompt": "p", "enable_thinking": "true", "enable_reflection": "false"}
     )
-    request = reasoning.to_edit_request(body, "p")
+    request = reasoning.to_edit_request(body)
     response = reasoning.to_response(job(request), operation="img2img", tokens=1)
     assert response.thinking.model_dump() == {"requested": True, "ran": False}
     assert response.reflection.model_dump() == {"requested": False, "ran": False}
@@ -300,7 +303,67 @@ def test_reasoning_refused_operations(operation: str) -> None:
     assert info.value.param == "operation"
 
 
-# --- error mapping --------------------------------------------------------------------------
+# --- submissions and the release check ----------------------------------------------------
+
+
+def test_refusals_name_the_wire_field() -> None:
+    body = GenerationRequest.model_validate(
+        {"model": "stepfun-ai/step1x-edit", "prompt": "p", "image": "x", "n": 2}
+    )
+    submission = generations.GenerationsAdapter(Settings()).to_submission(
+        body, serving.Call(owner=None)
+    )
+    assert serving.check_runnable(submission.request, VERSIONS["v1.1"], submission.wire_names)
+    with pytest.raises(errors.InvalidField) as info:  # v1.2 reflects by default: one image
+        serving.check_runnable(submission.request, VERSIONS["v1.2"], submission.wire_names)
+    assert info.value.param == "n" and info.value.message.startswith("n: must be 1")
+
+
+@pytest.mark.parametrize(
+    ("wire_names", "model"),
+    [
+        (openai_edits.WIRE_NAMES, ImageEditForm),
+        (generations.WIRE_NAMES, GenerationRequest),
+        (reasoning.WIRE_NAMES, ReasoningEditRequest),
+    ],
+)
+def test_wire_names_name_real_fields(wire_names: dict[str, str], model: type[Any]) -> None:
+    request_fields = {f.name for f in dataclasses.fields(EditRequest)}
+    for internal, wire in wire_names.items():
+        assert internal in request_fields and wire in model.model_fields
+
+
+def test_wavespeed_submission() -> None:
+    adapter = wavespeed.WavespeedAdapter(Settings())
+    body = WavespeedEditRequest.model_validate(
+        {"prompt": "p", "image": "aGk=", "enable_sync_mode": True, "enable_base64_output": True}
+    )
+    submission = adapter.to_submission(body, serving.Call(owner=None))
+    assert submission.wait_s == wavespeed.SYNC_WAIT_S and submission.base64_outputs
+    assert not submission.raise_unless_succeeded  # a failed prediction is reported in `data`
+    with pytest.raises(InvalidInput) as info:
+        adapter.to_submission(body, serving.Call(owner=None, webhook_url="https://h/hook"))
+    assert info.value.param == "enable_base64_output"
+
+
+def test_openai_edits_submission_uses_the_seed_rules() -> None:
+    form = ImageEditForm.model_validate(
+        {"model": "step-1x-edit", "prompt": "p", "response_format": "b64_json"}
+    )
+    submission = openai_edits.OpenAIEditsAdapter(Settings()).to_submission(
+        form, serving.Call(owner=None)
+    )
+    assert submission.image_rules.max_side == 1728 and submission.base64_outputs
+    assert submission.wait_s is not None and submission.image is None  # the upload: none here
+
+
+# --- error mapping ---------------------------------------------------------------------------
+
+FLAVOUR_REGISTRY = FlavourRegistry(FLAVOURS, fallback=FALLBACK)
+
+
+def shape(name: str) -> Any:
+    return FLAVOUR_REGISTRY[name].errors
 
 
 @pytest.mark.parametrize(
@@ -310,33 +373,40 @@ def test_reasoning_refused_operations(operation: str) -> None:
         (PayloadTooLarge("x"), "openai_edits", 413),
         (UnsupportedMediaType("x"), "openai_edits", 400),
         (UnsupportedMediaType("x"), "generations", 400),
+        (UnsupportedMediaType("x"), "wavespeed", 400),
         (UnsupportedMediaType("x"), "reasoning", 415),
         (UnsupportedMediaType("x"), "native", 415),
+        (errors.InvalidField("x"), "native", 422),
+        (errors.InvalidField("x"), "reasoning", 400),
+        (errors.InvalidField("x"), "generations", 400),
         (ImageFetchError("x"), "wavespeed", 400),
         (Unauthorized("x"), "reasoning", 401),
         (NotFound("x"), "wavespeed", 404),
         (QueueFull("x"), "generations", 429),
         (ServiceUnavailable("x"), "native", 503),
+        (InsufficientStorage("x"), "wavespeed", 507),
+        (JobCanceled("x"), "openai_edits", 409),
         (errors.SyncTimeout("x"), "openai_edits", 504),
         (errors.JobFailed("x"), "openai_edits", 500),
         (RuntimeError("secret detail"), "wavespeed", 500),
     ],
 )
-def test_status_mapping(exc: Exception, flavour: errors.Flavour, status: int) -> None:
-    error = errors.to_http_error(exc, flavour)
-    assert error.status == status
+def test_status_mapping(exc: Exception, flavour: str, status: int) -> None:
+    error = errors.to_http_error(exc)
+    assert shape(flavour).status(error.status) == status
     if isinstance(exc, RuntimeError):
         assert "secret" not in error.message
 
 
 def test_retry_after_on_busy() -> None:
-    assert errors.to_http_error(QueueFull("busy"), "wavespeed").headers == {"Retry-After": "5"}
+    assert errors.to_http_error(QueueFull("busy")).headers == {"Retry-After": "5"}
+    assert errors.to_http_error(InsufficientStorage("full")).headers == {"Retry-After": "60"}
 
 
 def test_error_bodies_per_flavour() -> None:
-    error = errors.to_http_error(InvalidInput("bad steps", param="steps"), "wavespeed")
-    assert errors.error_body(error, "wavespeed") == {"code": 400, "message": "bad steps"}
-    assert errors.error_body(error, "openai_edits") == {
+    error = errors.to_http_error(InvalidInput("bad steps", param="steps"))
+    assert shape("wavespeed").body(error, "req_1") == {"code": 400, "message": "bad steps"}
+    assert shape("openai_edits").body(error, "req_1") == {
         "error": {
             "message": "bad steps",
             "type": "invalid_request_error",
@@ -344,11 +414,17 @@ def test_error_bodies_per_flavour() -> None:
             "code": "invalid_request",
         }
     }
-    assert errors.error_body(error, "generations", request_id="req_1")["error"]["param"] == "req_1"
+    assert shape("generations").body(error, "req_1")["error"]["param"] == "req_1"
     for flavour in ("reasoning", "native"):
-        assert errors.error_body(error, flavour) == {
+        assert shape(flavour).body(error, "req_1") == {
             "error": {"code": "invalid_request", "message": "bad steps", "param": "steps"}
         }
+
+
+def test_wavespeed_body_carries_the_status_it_answers() -> None:
+    error = errors.to_http_error(errors.InvalidField("steps: too many", param="steps"))
+    assert error.status == 422
+    assert shape("wavespeed").body(error, "req_1") == {"code": 400, "message": "steps: too many"}
 
 
 def test_validation_errors_name_the_field() -> None:
@@ -358,10 +434,11 @@ def test_validation_errors_name_the_field() -> None:
         validation = RequestValidationError(
             [{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]
         )
-    error = errors.to_http_error(validation, "wavespeed")
-    assert (error.status, error.param) == (400, "seed")
+    error = errors.to_http_error(validation)
+    assert (error.status, error.param) == (422, "seed")
     assert error.message.startswith("seed: ")
-    assert errors.to_http_error(validation, "native").status == 422
+    assert shape("wavespeed").status(error.status) == 400
+    assert shape("native").status(error.status) == 422
 
 
 @pytest.mark.parametrize(
@@ -372,16 +449,69 @@ def test_validation_errors_name_the_field() -> None:
         ("/v1/images/edits", "openai_edits"),
         ("/v1/images/generations", "generations"),
         ("/v1/image/edit/", "reasoning"),
+        ("/v1/image/edit", "reasoning"),
         ("/v1/jobs", "native"),
+        ("/v1/prompt/enhance", "native"),
+        ("/files/abc.png", "native"),
+        ("/health", "native"),
+        ("/v1/images/editsX", "native"),
     ],
 )
 def test_flavour_for_path(path: str, flavour: str) -> None:
-    assert errors.flavour_for_path(path) == flavour
+    assert FLAVOUR_REGISTRY.for_path(path).name == flavour
+
+
+def test_the_registry_refuses_two_flavours_on_one_prefix() -> None:
+    twin = dataclasses.replace(FLAVOUR_REGISTRY["wavespeed"], name="wavespeed_twin")
+    with pytest.raises(ValueError, match="share"):
+        FlavourRegistry([*FLAVOURS, twin], fallback=FALLBACK)
 
 
 def test_job_failure() -> None:
-    assert isinstance(errors.job_failure("payload_too_large", "big"), PayloadTooLarge)
-    assert isinstance(errors.job_failure("invalid_request", "bad"), InvalidInput)
-    failed = errors.job_failure("internal_error", "the edit failed")
+    assert isinstance(serving.job_failure("payload_too_large", "big"), PayloadTooLarge)
+    assert isinstance(serving.job_failure("invalid_request", "bad"), InvalidInput)
+    failed = serving.job_failure("internal_error", "the edit failed")
     assert isinstance(failed, errors.JobFailed) and failed.code == "internal_error"
-    assert "canceled" in errors.job_failure(None, None, canceled=True).message
+    canceled = serving.job_failure(None, None, canceled=True)
+    assert isinstance(canceled, JobCanceled) and "canceled" in canceled.message
+
+
+@pytest.mark.parametrize(
+    ("code", "message", "param", "wire_message"),
+    [
+        # the worker's InvalidInput messages start with the EditRequest field...
+        ("invalid_request", "prompt: too long for v1.2", "prompt", "prompt: too long for v1.2"),
+        # ...named as the flavour names it
+        ("invalid_request", "num_inference_steps: at most 50", "steps", "steps: at most 50"),
+        # image errors name the image
+        ("unsupported_media_type", "Image format 'gif' is not supported.", "image", None),
+        ("payload_too_large", "The image is too large.", "image", None),
+    ],
+)
+def test_a_job_failed_for_its_input_names_the_field(
+    code: str, message: str, param: str, wire_message: str | None
+) -> None:
+    error = serving.job_failure(code, message, wire_names={"num_inference_steps": "steps"})
+    assert isinstance(error, InvalidInput)
+    assert error.param == param
+    assert error.message == (wire_message or message)
+
+
+@pytest.mark.parametrize(
+    ("loc", "error_type", "param"),
+    [
+        (("body", "seed"), "int_parsing", "seed"),
+        (("body", "loras", 0, "scale"), "float_parsing", "loras.0.scale"),
+        (("query", "limit"), "greater_than_equal", "limit"),
+        (("header", "idempotency-key"), "string_too_long", "idempotency-key"),
+        (("path", "job_id"), "string_too_long", "job_id"),
+        (("body",), "missing", "body"),
+        (("body", 17), "json_invalid", "body"),
+    ],
+)
+def test_every_validation_error_names_its_param(
+    loc: tuple[Any, ...], error_type: str, param: str
+) -> None:
+    error = errors.from_validation_errors([{"loc": loc, "type": error_type, "msg": "bad"}])
+    assert error.param == param
+    assert error.message.startswith(f"{param}: ")

@@ -125,6 +125,9 @@ def submit_raw_json(client: TestClient, route: Route, raw: str) -> Response:
     )
 
 
+REFUSED_INPUT = (400, 413, 415, 422)  # wavespeed has no param, seed 003's is the request id
+
+
 def assert_error(response: Response, flavour: str, status: int | tuple[int, ...]) -> dict[str, Any]:
     """`response` is an error with one of `status`, in `flavour`'s documented shape."""
     statuses = (status,) if isinstance(status, int) else status
@@ -140,6 +143,8 @@ def assert_error(response: Response, flavour: str, status: int | tuple[int, ...]
     else:
         assert set(body) == {"error"} and set(body["error"]) == {"code", "message", "param"}
         assert body["error"]["message"]
+    if flavour not in ("wavespeed", "generations") and response.status_code in REFUSED_INPUT:
+        assert body["error"]["param"], body  # every refused input names its field
     return body
 
 
@@ -150,6 +155,11 @@ FORMAT_STATUS = {"reasoning": 415, "native": 415}
 
 def format_status(route: Route) -> int:
     return FORMAT_STATUS.get(flavour_of(route), 400)
+
+
+def validation_status(route: Route) -> int:
+    """A field that fails validation: FastAPI's 422 on the native API, 400 on the providers'."""
+    return 422 if flavour_of(route) == "native" else 400
 
 
 BAD_FILES = {
@@ -224,7 +234,8 @@ def test_unreachable_url_with_private_urls_allowed(
 
 @pytest.mark.parametrize("route", ROUTES)
 def test_ten_thousand_character_prompt(client: TestClient, route: Route) -> None:
-    assert_error(submit(client, route, png(), prompt="a" * 10_000), flavour_of(route), 400)
+    response = submit(client, route, png(), prompt="a" * 10_000)
+    assert_error(response, flavour_of(route), validation_status(route))
 
 
 def numeric_field(route: Route, kind: str) -> str:
@@ -332,3 +343,40 @@ def test_unknown_prediction_ids(
     response = client.request(method, template.format(prediction_id))
     # an id with an encoded slash leaves the route: the static playground answers POST with 405
     assert_error(response, flavour, (404, 405) if "%2F" in prediction_id else 404)
+
+
+@pytest.mark.parametrize("route", ["reasoning_form", "native_form"])
+@pytest.mark.parametrize("second", ["file", "text"])
+def test_two_images_in_one_form_are_refused(client: TestClient, route: Route, second: str) -> None:
+    flavour = flavour_of(route)
+    fields = {**BASE_FIELDS[flavour], "prompt": "make it blue"}
+    files: list[tuple[str, Any]] = [("image", ("a.png", png(), "image/png"))]
+    if second == "file":
+        files.append(("image", ("b.png", png(), "image/png")))
+    else:
+        files.append(("image", (None, as_data_uri(png()))))
+    body = assert_error(client.post(PATHS[flavour], data=fields, files=files), flavour, 400)
+    assert body["error"]["param"] == "image"
+    assert client.get("/v1/jobs").json()["data"] == []
+
+
+@pytest.mark.parametrize("route", JSON_ROUTES)
+@pytest.mark.parametrize("raw", ["[]", "{", "null"])
+def test_a_body_that_is_no_json_object_names_the_body(
+    client: TestClient, route: Route, raw: str
+) -> None:
+    body = assert_error(submit_raw_json(client, route, raw), flavour_of(route), (400, 422))
+    if flavour_of(route) in ("reasoning", "native"):
+        assert body["error"]["param"] == "body"
+
+
+def test_a_bad_header_names_the_header(client: TestClient) -> None:
+    response = client.post(
+        PATHS["native"],
+        data={"prompt": "p"},
+        files={"image": ("a.png", png(), "image/png")},
+        headers={"Idempotency-Key": "k" * 300},
+    )
+    body = assert_error(response, "native", 422)
+    assert body["error"]["param"] == "idempotency-key"
+    assert body["error"]["message"].startswith("idempotency-key: ")

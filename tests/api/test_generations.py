@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -15,7 +16,9 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from stepedit.api.app import create_app
 from stepedit.engine import FakeEditor
+from stepedit.jobs.service import JobService
 from stepedit.settings import Settings
 
 URL = "/v1/images/generations"
@@ -211,3 +214,21 @@ def test_queue_full_is_429_with_retry_after(settings: Settings, client: TestClie
     response = client.post(URL, json=body())
     assert assert_error(response, 429)["code"] == "queue_full"
     assert int(response.headers["retry-after"]) > 0
+
+
+def test_a_job_canceled_while_waited_for_is_409(
+    settings: Settings, job_service: JobService
+) -> None:
+    # No worker: the job waits in the queue until its owner cancels it.
+    answers: list[httpx.Response] = []
+    with TestClient(create_app(settings, job_service)) as client:
+        caller = threading.Thread(target=lambda: answers.append(client.post(URL, json=body())))
+        caller.start()
+        deadline = time.monotonic() + 30
+        while not job_service.list_sync(None) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        (job,) = job_service.list_sync(None)
+        job_service.cancel_sync(job.id, None)
+        caller.join(30)
+    error = assert_error(answers[0], 409)
+    assert error["code"] == "canceled" and "canceled" in error["message"]

@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from stepedit.api.app import create_app
+from stepedit.engine import FakeEditor
 from stepedit.jobs.service import JobService
 from stepedit.settings import Settings
 
@@ -65,7 +66,8 @@ def test_json_job_with_data_uri(client: TestClient) -> None:
     response = client.post("/v1/jobs", json={"prompt": "x", "image": data_uri, "seed": -1})
     assert response.status_code == 202, response.text
     job = wait_terminal(client, response.json()["id"])
-    assert job["status"] == "succeeded" and job["request"]["seed"] is None
+    # -1 asks for a random seed: drawn at submit and stored with the request
+    assert job["status"] == "succeeded" and job["request"]["seed"] == job["seed"] >= 0
 
 
 @pytest.mark.parametrize(
@@ -180,7 +182,9 @@ def test_health_follows_the_model(settings: Settings, job_service: JobService) -
         assert client.get("/health").status_code == 503
         job_service.set_ready(True)
         response = client.get("/health")
-    assert (response.status_code, response.json()) == (200, {"status": "ok", "model_version": None})
+    assert response.status_code == 200
+    # (the body also carries the model's facts for the playground: is_dummy_model, defaults)
+    assert response.json() | {"status": "ok", "model_version": None} == response.json()
 
 
 def test_health_names_the_model_version(tmp_path: Path) -> None:
@@ -210,12 +214,13 @@ def test_multipart_numeric_fields_are_coerced(client: TestClient) -> None:
         2,
         4.5,
     )
-    assert request["seed"] is None and request["enable_thinking"] is False
+    assert request["seed"] == job["seed"] and request["enable_thinking"] is False  # drawn
     response = client.post(
         "/v1/jobs", files={"image": ("a.png", make_png(), "image/png")}, data={"prompt": "x",
         "size_level": "1000"},
     )  # fmt: skip
-    assert response.status_code == 400 and response.json()["error"]["param"] == "size_level"
+    # a field that fails validation: FastAPI's 422, in the native shape
+    assert response.status_code == 422 and response.json()["error"]["param"] == "size_level"
 
 
 def test_prompt_enhance_runs_through_the_queue(client: TestClient) -> None:
@@ -245,3 +250,36 @@ def test_openapi_documents_the_native_api(client: TestClient) -> None:
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/v1/jobs", "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/cancel"} <= set(paths)
     assert "multipart/form-data" in paths["/v1/jobs"]["post"]["requestBody"]["content"]
+
+
+def test_cfg_rescale_reaches_the_editor(client: TestClient, fake_editor: FakeEditor) -> None:
+    job = wait_terminal(client, submit(client, cfg_rescale="never")["id"])
+    assert job["status"] == "succeeded" and job["request"]["cfg_rescale"] == "never"
+    assert fake_editor.calls[-1].cfg_rescale == "never"
+    default = wait_terminal(client, submit(client)["id"])
+    assert default["request"]["cfg_rescale"] is None  # the release's own rule
+    response = client.post(
+        "/v1/jobs",
+        files={"image": ("a.png", make_png(), "image/png")},
+        data={"prompt": "x", "cfg_rescale": "sometimes"},
+    )
+    assert response.status_code == 422 and response.json()["error"]["param"] == "cfg_rescale"
+
+
+def test_openapi_documents_cfg_rescale(client: TestClient) -> None:
+    body = client.get("/openapi.json").json()["paths"]["/v1/jobs"]["post"]["requestBody"]
+    for media_type in ("multipart/form-data", "application/json"):
+        schema = body["content"][media_type]["schema"]["properties"]["cfg_rescale"]
+        assert {"official", "every_step", "never"} <= set(json.dumps(schema).split('"'))
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:9/hook", "ftp://example.com/hook"])
+def test_webhook_to_a_private_address_is_refused_at_submit(client: TestClient, url: str) -> None:
+    response = client.post(
+        "/v1/jobs",
+        files={"image": ("a.png", make_png(), "image/png")},
+        data={"prompt": "x", "webhook_url": url},
+    )
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == "webhook_url"
+    assert client.get("/v1/jobs").json()["data"] == []

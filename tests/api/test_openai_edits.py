@@ -101,6 +101,21 @@ def test_image_array_field_is_accepted(client: TestClient) -> None:
 
 
 @pytest.mark.parametrize(
+    "names",
+    [("image", "image"), ("image", "image[]"), ("image[]", "image[]"), ("image[]", "image")],
+)
+def test_two_image_files_are_refused(client: TestClient, names: tuple[str, str]) -> None:
+    files = [(name, ("cat.png", make_png(), "image/png")) for name in names]
+    error = assert_error(client.post(URL, data=form(), files=files), 400, "image")
+    assert "one image" in error["message"]
+    assert client.get("/v1/jobs").json()["data"] == []  # nothing was edited
+
+
+def test_an_image_that_is_no_file_is_refused(client: TestClient) -> None:
+    assert_error(client.post(URL, data={**form(), "image": "cat.png"}), 400, "image")
+
+
+@pytest.mark.parametrize(
     ("fields", "param"),
     [
         ({"steps": 0}, "steps"),

@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
-from stepedit.api.errors import flavour_for_path
+from stepedit.api.flavours import registry_of
 
 
 def operations(document: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
@@ -19,7 +19,8 @@ def operations(document: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]
 
 def test_provider_routes_document_400_not_fastapis_422(client: TestClient) -> None:
     document = client.get("/openapi.json").json()
-    provider = [op for op in operations(document) if flavour_for_path(op[1]) != "native"]
+    flavours = registry_of(client.app)
+    provider = [op for op in operations(document) if flavours.for_path(op[1]).name != "native"]
     assert len(provider) >= 7
     for method, path, operation in provider:
         assert "422" not in operation["responses"], (method, path)
@@ -47,3 +48,37 @@ def test_the_edits_upload_is_documented_as_required(client: TestClient) -> None:
     operation = client.get("/openapi.json").json()["paths"]["/v1/images/edits"]["post"]
     schema = operation["requestBody"]["content"]["multipart/form-data"]["schema"]
     assert "image" in schema["required"]
+
+
+def test_routes_taking_an_id_document_their_404(client: TestClient) -> None:
+    paths = client.get("/openapi.json").json()["paths"]
+    documented = [
+        ("/v1/jobs/{job_id}", "get"),
+        ("/v1/jobs/{job_id}/cancel", "post"),
+        ("/v1/jobs/{job_id}/events", "get"),
+        ("/api/v3/predictions/{prediction_id}", "get"),
+        ("/api/v3/predictions/{prediction_id}/result", "get"),
+        ("/files/{filename}", "get"),
+    ]
+    flavours = registry_of(client.app)
+    for path, method in documented:
+        not_found = paths[path][method]["responses"]["404"]
+        content = not_found["content"]["application/json"]
+        assert content["schema"] == flavours.for_path(path).errors.schema, path
+        # and the route answers it so
+        example = path.replace("{job_id}", "x").replace("{prediction_id}", "x")
+        answer = client.request(method, example.replace("{filename}", "x.png"))
+        assert answer.status_code == 404, path
+
+
+def test_the_files_route_documents_its_image_types(client: TestClient) -> None:
+    responses = client.get("/openapi.json").json()["paths"]["/files/{filename}"]["get"]["responses"]
+    content = responses["200"]["content"]
+    assert set(content) == {"image/png", "image/jpeg", "image/webp"}
+    assert content["image/png"]["schema"] == {"type": "string", "format": "binary"}
+
+
+def test_error_examples_match_their_status(client: TestClient) -> None:
+    responses = client.get("/openapi.json").json()["paths"]["/api/v3/predictions/{prediction_id}"]
+    example = responses["get"]["responses"]["404"]["content"]["application/json"]["example"]
+    assert example["code"] == 404

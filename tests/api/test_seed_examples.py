@@ -177,7 +177,7 @@ def test_seed_004_curl_and_multipart(
     )
     assert multipart.status_code == 200, multipart.text
     answer = multipart.json()
-    assert answer["passes"] == ["edit"]  # the v1.1-style fake runs no reasoning passes
+    assert answer["passes"] == ["diffusion"]  # the fake runs no reasoning passes
     assert httpx.get(answer["data"][0]["url"]).status_code == 200
 
     # and the same with the seed's JSON plus an image

@@ -1,7 +1,7 @@
 """`create_app`: one FastAPI application serving every API flavour over one `JobService`.
 
-The app never loads the model: the worker (started by `stepedit serve`) does, and flips
-`JobService.is_ready`, which `/health` reports.
+The app never loads the model: the worker (started by `stepedit serve`) does, and moves the
+service's health (loading, ready, failed), which `/health` reports.
 """
 
 from __future__ import annotations
@@ -12,21 +12,16 @@ import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from fastapi import APIRouter, FastAPI
+from fastapi import FastAPI
 from fastapi.responses import FileResponse
-from fastapi.staticfiles import StaticFiles
 
 from stepedit import __version__
-from stepedit.api import ops
+from stepedit.api import generations, native, openai_edits, ops, reasoning, wavespeed
+from stepedit.api.access import AccessLog
 from stepedit.api.deps import Jobs
-from stepedit.api.errors import install_error_handlers
-from stepedit.api.generations import router as generations_router
+from stepedit.api.flavours import Flavour, FlavourRegistry, install_error_handlers
 from stepedit.api.limits import BodySizeLimit, body_limit_for
-from stepedit.api.native.router import router as native_router
-from stepedit.api.openai_edits import router as openai_edits_router
-from stepedit.api.reasoning import router as reasoning_router
-from stepedit.api.wavespeed import adapter as wavespeed_adapter
-from stepedit.api.wavespeed import router as wavespeed_router
+from stepedit.api.playground import Playground
 from stepedit.errors import NotFound
 from stepedit.jobs.service import JobService
 from stepedit.jobs.storage import MEDIA_TYPES
@@ -34,16 +29,20 @@ from stepedit.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-# One router per seed's API; each converts to and from the one EditRequest.
-FLAVOUR_ROUTERS: tuple[tuple[str, APIRouter], ...] = (
-    ("wavespeed", wavespeed_router.router),
-    ("openai_edits", openai_edits_router.router),
-    ("generations", generations_router.router),
-    ("reasoning", reasoning_router.router),
+# Every API flavour: a folder (protocol, adapter, router, errors) and a line here.
+FLAVOURS: tuple[Flavour, ...] = (
+    wavespeed.FLAVOUR,
+    openai_edits.FLAVOUR,
+    generations.FLAVOUR,
+    reasoning.FLAVOUR,
+    native.FLAVOUR,
 )
-# Webhook bodies per flavour (default: the native JobView). Only wavespeed takes webhooks.
-WEBHOOK_RENDERERS = {"wavespeed": wavespeed_adapter.webhook_renderer}
+# Errors on paths outside every flavour's prefix (/health, /files, unknown paths) take its shape.
+FALLBACK = native.FLAVOUR
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+FILES_ROUTE = "/files/{filename}"  # its path is a secret: logged as the route
+OUTPUT_MEDIA_TYPES = tuple(sorted(set(MEDIA_TYPES.values())))
+_BINARY = {"type": "string", "format": "binary"}
 
 
 def create_app(settings: Settings, job_service: JobService) -> FastAPI:
@@ -66,17 +65,30 @@ def create_app(settings: Settings, job_service: JobService) -> FastAPI:
     )
     app.state.settings = settings
     app.state.job_service = job_service
-    install_error_handlers(app)
+    flavours = FlavourRegistry(FLAVOURS, fallback=FALLBACK)
+    install_error_handlers(app, flavours)
     app.add_middleware(BodySizeLimit, max_body_bytes=body_limit_for(settings.max_upload_bytes))
+    ops.instrument_http(app, job_service.metrics.registry)  # every answer counted
+    # outermost: every answer carries the request id and is logged
+    app.add_middleware(AccessLog, redacted_routes=[FILES_ROUTE])
 
     app.include_router(ops.router)
-    app.include_router(native_router)
-    for _name, router in FLAVOUR_ROUTERS:
-        app.include_router(router)
-    for name, renderer_for in WEBHOOK_RENDERERS.items():
-        job_service.register_webhook_renderer(name, renderer_for(settings.base_url))
+    for flavour in flavours:
+        app.include_router(flavour.router)
+        if flavour.webhook_renderer is not None:
+            renderer = flavour.webhook_renderer(settings.base_url)
+            job_service.register_webhook_renderer(flavour.name, renderer)
 
-    @app.get("/files/{filename}", tags=["files"], summary="An output image (unguessable URL)")
+    @app.get(
+        FILES_ROUTE,
+        tags=["files"],
+        summary="An output image (unguessable URL)",
+        response_class=FileResponse,
+        responses={
+            200: {"content": {t: {"schema": _BINARY} for t in OUTPUT_MEDIA_TYPES}},
+            **FALLBACK.errors.responses(404),
+        },
+    )
     def get_file(filename: str, jobs: Jobs) -> FileResponse:
         token, _, extension = filename.partition(".")
         path = jobs.output_path(token)
@@ -88,8 +100,8 @@ def create_app(settings: Settings, job_service: JobService) -> FastAPI:
             headers={"Cache-Control": "private, max-age=86400"},
         )
 
-    if WEB_DIR.is_dir():
-        app.mount("/", StaticFiles(directory=WEB_DIR, html=True), name="playground")
+    playground = Playground(app.router, flavours, WEB_DIR if WEB_DIR.is_dir() else None)
+    app.mount("/", playground, name="playground")  # last: after every API route
     return app
 
 

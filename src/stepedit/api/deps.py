@@ -49,3 +49,7 @@ def get_owner(
 AppSettings = Annotated[Settings, Depends(get_settings)]
 Jobs = Annotated[JobService, Depends(get_job_service)]
 Owner = Annotated[str | None, Depends(get_owner)]
+# A flavour router's `dependencies=`: the key is checked before anything reads the body, so a
+# caller without one gets 401 (with `WWW-Authenticate: Bearer`, `stepedit.api.errors`), not a
+# validation error. Routes naming `Owner` get the same, cached, answer.
+AUTHENTICATED = [Depends(get_owner)]

@@ -1,36 +1,59 @@
-"""Seed 003 wire models <-> EditRequest / JobView."""
+"""Seed 003 wire models <-> EditRequest / JobView.
+
+The wire's names: `steps` is EditRequest's num_inference_steps, `n` its num_images. Seed 003's
+`strength` is the img2img strength: 1.0 starts from pure noise, lower values start from the
+noised source image.
+"""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 
+from stepedit.api.serving import Call, Submission
 from stepedit.errors import InvalidInput
-from stepedit.inputs import DEFAULT_MAX_PROMPT_CHARS, check_prompt
+from stepedit.inputs import check_prompt
 from stepedit.jobs.views import JobView
 from stepedit.request import EditRequest
+from stepedit.settings import Settings
 
-from .protocol import MODEL_ID, GenerationData, GenerationRequest, GenerationResponse
+from .protocol import MODEL_ID, NAME, GenerationData, GenerationRequest, GenerationResponse
 
-logger = logging.getLogger(__name__)
+SYNC_WAIT_S = 600.0
+WIRE_NAMES = {"num_inference_steps": "steps", "num_images": "n"}
 
 
-def to_edit_request(body: GenerationRequest, prompt: str) -> EditRequest:
-    """`prompt` is the validated prompt. Seed 003's `strength` is the img2img strength: 1.0
-    starts from pure noise, lower values start from the noised source image."""
+class GenerationsAdapter:
+    """The serving layer's converter for this flavour (`stepedit.api.serving.EditAdapter`)."""
+
+    flavour = NAME
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def to_submission(self, body: GenerationRequest, call: Call) -> Submission:
+        return Submission(
+            request=to_edit_request(body),
+            image=body.image,
+            wait_s=SYNC_WAIT_S,
+            base64_outputs=body.response_format == "b64_json",
+            wire_names=WIRE_NAMES,
+        )
+
+    def to_response(
+        self, body: GenerationRequest, view: JobView, base64_outputs: list[str] | None
+    ) -> GenerationResponse:
+        return to_response(view, base64_outputs=base64_outputs)
+
+
+def to_edit_request(body: GenerationRequest) -> EditRequest:
     if body.model != MODEL_ID:
         raise InvalidInput(
             f"The model {body.model!r} does not exist; use {MODEL_ID!r}.", param="model"
         )
-    if body.model_extra:
-        logger.info("generations: ignoring unknown fields %s", sorted(body.model_extra))
     return EditRequest(
-        prompt=prompt,
+        prompt=check_prompt(body.prompt),
         negative_prompt=check_prompt(
-            body.negative_prompt,
-            DEFAULT_MAX_PROMPT_CHARS,
-            param="negative_prompt",
-            allow_empty=True,
+            body.negative_prompt, param="negative_prompt", allow_empty=True
         ),
         seed=None if body.seed < 0 else body.seed,
         guidance_scale=body.guidance_scale,

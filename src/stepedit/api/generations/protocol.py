@@ -3,21 +3,23 @@ stepfun-ai/step1x-edit (seed 003), field for field."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
+from stepedit.api.protocol import WireModel
 from stepedit.request import MAX_IMAGES_PER_REQUEST, MAX_SEED
 
+NAME = "generations"
 MODEL_ID = "stepfun-ai/step1x-edit"
 ResponseFormat = Literal["url", "b64_json"]
 
 
-class GenerationRequest(BaseModel):
+class GenerationRequest(WireModel):
     """Unknown fields are accepted (and logged); the `openai` client sends `extra_body` entries
     (`image`, `negative_prompt`, ...) as top-level JSON fields."""
 
-    model_config = ConfigDict(extra="allow")
+    flavour: ClassVar[str] = NAME
 
     prompt: str = Field(description="Prompt word")
     model: str = Field(

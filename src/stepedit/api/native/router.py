@@ -1,46 +1,57 @@
-"""The native job API (CONTRACTS.md): create, list, get, cancel, and progress as SSE."""
+"""The native job API (CONTRACTS.md): create, list, get, cancel, progress as SSE, and the
+prompt enhancer alone."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import logging
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
-from pydantic import ValidationError
-from starlette.datastructures import UploadFile
 
-from stepedit.api.deps import AppSettings, Jobs, Owner
-from stepedit.api.errors import check_job_succeeded
-from stepedit.api.native.schemas import (
-    JobCreate,
-    JobCreateJSON,
-    JobList,
-    JobOut,
-    PromptEnhanceIn,
-    PromptEnhanceOut,
+from stepedit.api.bodies import (
+    form_fields,
+    is_form,
+    media_type,
+    read_call_with_upload,
+    read_json_object,
+    validate_fields,
 )
-from stepedit.errors import InvalidInput, UnsupportedMediaType
-from stepedit.inputs import (
-    decode_image,
-    fetch_policy_from_settings,
-    load_image_source,
-    rules_from_settings,
-)
-from stepedit.jobs.service import to_native_dict
-from stepedit.request import EditRequest
-from stepedit.settings import Settings
+from stepedit.api.deps import AUTHENTICATED, Jobs, Owner
+from stepedit.api.serving import Call, CallDep, EditServing, handler_for
+from stepedit.errors import UnsupportedMediaType
 
-logger = logging.getLogger(__name__)
+from .adapter import JobCreateAdapter, PromptEnhanceAdapter, to_job_out
+from .errors import ERRORS
+from .protocol import JobCreate, JobCreateJSON, JobList, JobOut, PromptEnhanceIn, PromptEnhanceOut
 
-jobs_router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
-prompt_router = APIRouter(prefix="/v1/prompt", tags=["prompt"])
+router = APIRouter(prefix="/v1", dependencies=AUTHENTICATED)
+CreateHandler = Annotated[
+    EditServing[JobCreate, dict[str, Any]], Depends(handler_for(JobCreateAdapter))
+]
+EnhanceHandler = Annotated[
+    EditServing[PromptEnhanceIn, PromptEnhanceOut], Depends(handler_for(PromptEnhanceAdapter))
+]
 
 _TEXT_FIELDS = ("prompt", "negative_prompt")
-ENHANCE_WAIT_S = 300.0
+
+
+async def read_job_create(request: Request) -> JobCreate:
+    """The fields of a multipart form or a JSON object."""
+    if is_form(request):
+        # Form fields arrive as text; a blank one ("seed": "" from an empty input) means unset,
+        # except for the two free-text fields, whose own validation applies.
+        fields = {
+            key: value
+            for key, value in (await form_fields(request)).items()
+            if value.strip() or key in _TEXT_FIELDS
+        }
+        return validate_fields(JobCreate, fields)
+    if media_type(request) in ("application/json", ""):
+        return validate_fields(JobCreateJSON, await read_json_object(request))
+    raise UnsupportedMediaType("send multipart/form-data or application/json", param="content-type")
+
 
 _CREATE_BODY: dict[str, Any] = {
     "requestBody": {
@@ -51,8 +62,8 @@ _CREATE_BODY: dict[str, Any] = {
                     "type": "object",
                     "required": ["image", "prompt"],
                     "properties": {
-                        "image": {"type": "string", "format": "binary"},
                         **JobCreate.model_json_schema()["properties"],
+                        "image": {"type": "string", "format": "binary"},
                     },
                 }
             },
@@ -62,57 +73,64 @@ _CREATE_BODY: dict[str, Any] = {
 }
 
 
-@jobs_router.post(
-    "",
+@router.post(
+    "/jobs",
     status_code=202,
     response_model=JobOut,
+    tags=["jobs"],
     summary="Submit an edit (multipart with an image file, or JSON with an image URL/data URI)",
+    responses=ERRORS.responses(400, 401, 413, 415, 422, 429, 503),
     openapi_extra=_CREATE_BODY,
 )
 async def create_job(
-    request: Request,
-    settings: AppSettings,
-    jobs: Jobs,
-    owner: Owner,
-    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+    body: Annotated[JobCreate, Depends(read_job_create)],
+    call: Annotated[Call, Depends(read_call_with_upload)],
+    handler: CreateHandler,
 ) -> dict[str, Any]:
-    fields, image = await _read_submission(request, settings)
-    view = await jobs.submit(
-        fields.to_request(),
-        image,
-        owner=owner,
-        flavour="native",
-        webhook_url=fields.webhook_url,
-        idempotency_key=idempotency_key,
-    )
-    return to_native_dict(view)
+    return await handler.edit(body, call)
 
 
-@jobs_router.get("", response_model=JobList, summary="The caller's jobs, newest first")
+@router.get(
+    "/jobs",
+    response_model=JobList,
+    tags=["jobs"],
+    summary="The caller's jobs, newest first",
+    responses=ERRORS.responses(401),
+)
 async def list_jobs(
     jobs: Jobs, owner: Owner, limit: Annotated[int, Query(ge=1, le=100)] = 20
 ) -> dict[str, Any]:
-    views = await jobs.list(owner, limit)
-    return {"object": "list", "data": [to_native_dict(v) for v in views]}
+    return {"object": "list", "data": [to_job_out(view) for view in await jobs.list(owner, limit)]}
 
 
-@jobs_router.get("/{job_id}", response_model=JobOut, summary="One job")
+@router.get(
+    "/jobs/{job_id}",
+    response_model=JobOut,
+    tags=["jobs"],
+    summary="One job",
+    responses=ERRORS.responses(401, 404),
+)
 async def get_job(job_id: str, jobs: Jobs, owner: Owner) -> dict[str, Any]:
-    return to_native_dict(await jobs.get(job_id, owner))
+    return to_job_out(await jobs.get(job_id, owner))
 
 
-@jobs_router.post(
-    "/{job_id}/cancel", response_model=JobOut, summary="Cancel a queued or running job"
+@router.post(
+    "/jobs/{job_id}/cancel",
+    response_model=JobOut,
+    tags=["jobs"],
+    summary="Cancel a queued or running job",
+    responses=ERRORS.responses(401, 404),
 )
 async def cancel_job(job_id: str, jobs: Jobs, owner: Owner) -> dict[str, Any]:
-    return to_native_dict(await jobs.cancel(job_id, owner))
+    return to_job_out(await jobs.cancel(job_id, owner))
 
 
-@jobs_router.get(
-    "/{job_id}/events",
+@router.get(
+    "/jobs/{job_id}/events",
+    tags=["jobs"],
     summary="Server-sent events: the JobView on every change, until a terminal state",
     response_class=StreamingResponse,
-    responses={200: {"content": {"text/event-stream": {}}}},
+    responses={200: {"content": {"text/event-stream": {}}}, **ERRORS.responses(401, 404)},
 )
 async def job_events(job_id: str, jobs: Jobs, owner: Owner) -> StreamingResponse:
     await jobs.get(job_id, owner)  # 404 before the stream starts
@@ -121,99 +139,21 @@ async def job_events(job_id: str, jobs: Jobs, owner: Owner) -> StreamingResponse
         # the view is re-sent on a quiet stream now and then, so proxies keep it open
         async for view in jobs.events(job_id, owner, heartbeat_s=15.0):
             event = "done" if view.is_terminal else "progress"
-            yield f"event: {event}\ndata: {json.dumps(to_native_dict(view))}\n\n"
+            yield f"event: {event}\ndata: {json.dumps(to_job_out(view))}\n\n"
 
     return StreamingResponse(
         stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
     )
 
 
-@prompt_router.post(
-    "/enhance",
+@router.post(
+    "/prompt/enhance",
     response_model=PromptEnhanceOut,
+    tags=["prompt"],
     summary="The Prompt Enhancer alone: a vague instruction rewritten, no edit",
+    responses=ERRORS.responses(400, 401, 429, 503),
 )
 async def enhance_prompt(
-    body: PromptEnhanceIn, settings: AppSettings, jobs: Jobs, owner: Owner
+    body: PromptEnhanceIn, call: CallDep, handler: EnhanceHandler
 ) -> PromptEnhanceOut:
-    """Runs through the job queue (the MLLM lives with the worker, in this process or not)."""
-    if body.image:
-        rules = rules_from_settings(settings)
-        decoded = await load_image_source(body.image, rules, fetch_policy_from_settings(settings))
-        image = await asyncio.to_thread(decoded.to_png_bytes)
-    else:
-        image = _placeholder_png()
-    request = EditRequest(
-        prompt=body.prompt, enhance_only=True, enhance_image=body.image is not None
-    )
-    view = await jobs.submit(request, image, owner=owner, flavour="native")
-    view = await jobs.wait(view.id, owner, ENHANCE_WAIT_S)
-    check_job_succeeded(view, ENHANCE_WAIT_S)
-    return PromptEnhanceOut(prompt=body.prompt, enhanced_prompt=view.prompt_used or body.prompt)
-
-
-def _placeholder_png() -> bytes:
-    """A stored image for an enhance job sent without one (never shown to the MLLM)."""
-    import io
-
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.new("RGB", (16, 16)).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-async def _read_submission(request: Request, settings: Settings) -> tuple[JobCreate, bytes]:
-    content_type = request.headers.get("content-type", "")
-    rules = rules_from_settings(settings)
-    if content_type.startswith("multipart/form-data") or content_type.startswith(
-        "application/x-www-form-urlencoded"
-    ):
-        form = await request.form(max_part_size=settings.max_upload_bytes + 1024)
-        # Form fields arrive as text; a blank one ("seed": "" from an empty input) means unset,
-        # except for the two free-text fields, whose own validation applies.
-        raw = {
-            k: v
-            for k, v in form.items()
-            if k != "image" and isinstance(v, str) and (v.strip() or k in _TEXT_FIELDS)
-        }
-        fields = _validate(JobCreate, raw)
-        upload = form.get("image")
-        if isinstance(upload, UploadFile):
-            data = await upload.read(settings.max_upload_bytes + 1)
-            decoded = await asyncio.to_thread(decode_image, data, rules)
-        elif isinstance(upload, str) and upload:
-            decoded = await load_image_source(upload, rules, fetch_policy_from_settings(settings))
-        else:
-            raise InvalidInput("image: a file or an image URL is required", param="image")
-    elif content_type.startswith("application/json") or not content_type:
-        try:
-            body = json.loads(await request.body())
-        except (ValueError, UnicodeDecodeError):
-            raise InvalidInput("the body is not valid JSON") from None
-        if not isinstance(body, dict):
-            raise InvalidInput("the body must be a JSON object")
-        fields = json_fields = _validate(JobCreateJSON, body)
-        assert isinstance(json_fields, JobCreateJSON)
-        decoded = await load_image_source(
-            json_fields.image, rules, fetch_policy_from_settings(settings)
-        )
-    else:
-        raise UnsupportedMediaType(
-            "send multipart/form-data or application/json", param="content-type"
-        )
-    return fields, await asyncio.to_thread(decoded.to_png_bytes)
-
-
-def _validate(model: type[JobCreate], raw: dict[str, Any]) -> JobCreate:
-    try:
-        return model.model_validate(raw)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        param = ".".join(str(part) for part in first["loc"]) or None
-        raise InvalidInput(f"{param}: {first['msg']}", param=param) from None
-
-
-router = APIRouter()
-router.include_router(jobs_router)
-router.include_router(prompt_router)
+    return await handler.edit(body, call)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
+from stepedit.api.protocol import WireModel
 from stepedit.request import MAX_SEED
 
+NAME = "openai_edits"
 MODEL_ID = "step-1x-edit"
 MAX_PROMPT_CHARS = 512
 Size = Literal["512x512", "768x768", "1024x1024"]
@@ -15,11 +17,12 @@ ResponseFormat = Literal["url", "b64_json"]
 FinishReason = Literal["success", "content_filtered"]
 
 
-class ImageEditForm(BaseModel):
+class ImageEditForm(WireModel):
     """The multipart form fields besides the `image` file. Unknown fields are accepted (and
     logged): the `openai` client sends `extra_body` entries as more form fields."""
 
-    model_config = ConfigDict(extra="allow")
+    flavour: ClassVar[str] = NAME
+    known_keys: ClassVar[frozenset[str]] = frozenset({"image", "image[]"})  # the file
 
     model: str = Field(
         description=f"Model name (currently {MODEL_ID}).", json_schema_extra={"enum": [MODEL_ID]}

@@ -1,18 +1,24 @@
-"""Seed 004 wire models <-> EditRequest / JobView."""
+"""Seed 004 wire models <-> EditRequest / JobView.
+
+The wire's names: `steps` is EditRequest's num_inference_steps. Every accepted operation is an
+instruction edit; the response says which passes (`stepedit.request.Pass`) ran.
+"""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 
+from stepedit.api.serving import Call, Submission
 from stepedit.errors import InvalidInput
-from stepedit.inputs import DEFAULT_MAX_PROMPT_CHARS, check_prompt
+from stepedit.inputs import check_prompt
 from stepedit.jobs.views import JobView
-from stepedit.request import EditRequest
+from stepedit.request import EditRequest, Pass
+from stepedit.settings import Settings
 
 from .protocol import (
     INSTRUCTION_OPERATIONS,
     MODEL_ID,
+    NAME,
     UNSUPPORTED_OPERATIONS,
     PassReport,
     ReasoningEditRequest,
@@ -20,7 +26,36 @@ from .protocol import (
     ReasoningImage,
 )
 
-logger = logging.getLogger(__name__)
+SYNC_WAIT_S = 900.0  # thinking + reflection rounds take several diffusion runs
+WIRE_NAMES = {"num_inference_steps": "steps"}
+
+
+class ReasoningAdapter:
+    """The serving layer's converter for this flavour (`stepedit.api.serving.EditAdapter`)."""
+
+    flavour = NAME
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def to_submission(self, body: ReasoningEditRequest, call: Call) -> Submission:
+        return Submission(
+            request=to_edit_request(body),
+            image=call.upload if call.upload is not None else body.image,
+            wait_s=SYNC_WAIT_S,
+            base64_outputs=body.response_format == "b64_json",
+            wire_names=WIRE_NAMES,
+        )
+
+    def to_response(
+        self, body: ReasoningEditRequest, view: JobView, base64_outputs: list[str] | None
+    ) -> ReasoningEditResponse:
+        return to_response(
+            view,
+            operation=check_operation(body.operation),
+            tokens=view.tokens,  # as charged at submit, with the passes the release runs
+            base64_outputs=base64_outputs,
+        )
 
 
 def check_operation(operation: str) -> str:
@@ -39,22 +74,16 @@ def check_operation(operation: str) -> str:
     )
 
 
-def to_edit_request(body: ReasoningEditRequest, prompt: str) -> EditRequest:
-    """`prompt` is the validated prompt. Every accepted operation is an instruction edit."""
+def to_edit_request(body: ReasoningEditRequest) -> EditRequest:
     if body.model != MODEL_ID:
         raise InvalidInput(
             f"The model {body.model!r} does not exist; use {MODEL_ID!r}.", param="model"
         )
     check_operation(body.operation)
-    if body.model_extra:
-        logger.info("reasoning: ignoring unknown fields %s", sorted(body.model_extra))
     return EditRequest(
-        prompt=prompt,
+        prompt=check_prompt(body.prompt),
         negative_prompt=check_prompt(
-            body.negative_prompt,
-            DEFAULT_MAX_PROMPT_CHARS,
-            param="negative_prompt",
-            allow_empty=True,
+            body.negative_prompt, param="negative_prompt", allow_empty=True
         ),
         seed=None if body.seed is None or body.seed < 0 else body.seed,
         guidance_scale=body.guidance_scale,
@@ -63,11 +92,6 @@ def to_edit_request(body: ReasoningEditRequest, prompt: str) -> EditRequest:
         enable_reflection=body.enable_reflection,
         enhance_prompt=body.enhance_prompt,
     )
-
-
-def has_pass(passes: Sequence[str], name: str) -> bool:
-    """Pass names are "thinking", "edit", "diffusion_<round>", "reflection_<round>"."""
-    return any(p == name or p.startswith(f"{name}_") for p in passes)
 
 
 def to_response(
@@ -103,10 +127,10 @@ def to_response(
         prompt_used=view.prompt_used,
         passes=list(view.passes),
         thinking=PassReport(
-            requested=view.request.enable_thinking, ran=has_pass(view.passes, "thinking")
+            requested=view.request.enable_thinking, ran=Pass.ran(view.passes, Pass.THINKING)
         ),
         reflection=PassReport(
-            requested=view.request.enable_reflection, ran=has_pass(view.passes, "reflection")
+            requested=view.request.enable_reflection, ran=Pass.ran(view.passes, Pass.REFLECTION)
         ),
         rounds=list((view.reasoning or {}).get("rounds", [])),
         best_round=(view.reasoning or {}).get("best_round"),

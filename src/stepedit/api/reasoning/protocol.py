@@ -7,12 +7,14 @@ response below is stepedit's, designed to say plainly which passes ran.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
+from stepedit.api.protocol import WireModel
 from stepedit.request import MAX_SEED
 
+NAME = "reasoning"
 MODEL_ID = "step1x-edit"
 ResponseFormat = Literal["url", "b64_json"]
 
@@ -25,11 +27,11 @@ UNSUPPORTED_OPERATIONS = {
 }
 
 
-class ReasoningEditRequest(BaseModel):
+class ReasoningEditRequest(WireModel):
     """JSON body, or the same fields as multipart form fields with `image` as a file.
     Unknown fields are accepted (and logged)."""
 
-    model_config = ConfigDict(extra="allow")
+    flavour: ClassVar[str] = NAME
 
     model: str = Field(
         MODEL_ID, description=f"The model: {MODEL_ID}.", json_schema_extra={"enum": [MODEL_ID]}
@@ -81,18 +83,24 @@ class ReasoningEditResponse(BaseModel):
     model: str
     operation: str
     data: list[ReasoningImage]
-    seed: int = Field(description="The seed actually used (image i used seed + i).")
+    seed: int = Field(
+        description="The seed actually used (image i used seed + i; the rounds of a reasoning "
+        "run continue one random stream from it)."
+    )
     prompt: str = Field(description="The instruction as sent.")
     prompt_used: str | None = Field(
         description="The instruction the diffusion model was conditioned on (after thinking)."
     )
-    passes: list[str] = Field(description='Every pass that ran, in order, e.g. ["edit"].')
+    passes: list[str] = Field(
+        description='Every pass that ran, in order, e.g. ["diffusion"] or ["thinking", '
+        '"diffusion_1", "reflection_1"].'
+    )
     thinking: PassReport
     reflection: PassReport
     rounds: list[dict[str, Any]] = Field(
         default_factory=list,
         description="Each reflection round: instruction, seed, verdict (success | retry | failed"
-        " | malformed), thought, next_instruction, raw answer, score.",
+        "), thought, next_instruction, raw answer, score.",
     )
     best_round: int | None = Field(default=None, description="1-based round returned.")
     timings: dict[str, float | None]

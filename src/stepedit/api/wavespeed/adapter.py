@@ -1,18 +1,25 @@
-"""WaveSpeed wire models <-> EditRequest / JobView."""
+"""WaveSpeed wire models <-> EditRequest / JobView.
+
+The wire uses EditRequest's own names (guidance_scale, num_inference_steps, ...); a seed of -1
+(or none) asks for a random one.
+"""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from stepedit.inputs import DEFAULT_MAX_PROMPT_CHARS, check_prompt
+from stepedit.api.serving import Call, Submission
+from stepedit.errors import InvalidInput
+from stepedit.inputs import check_prompt
 from stepedit.jobs.state import JobStatus
 from stepedit.jobs.views import JobView
 from stepedit.request import EditRequest
+from stepedit.settings import Settings
 
 from .protocol import (
+    NAME,
     Prediction,
     PredictionResponse,
     PredictionStatus,
@@ -21,7 +28,7 @@ from .protocol import (
     WavespeedEditRequest,
 )
 
-logger = logging.getLogger(__name__)
+SYNC_WAIT_S = 600.0  # enable_sync_mode
 
 _STATUS: dict[JobStatus, PredictionStatus] = {
     JobStatus.QUEUED: "created",
@@ -32,17 +39,43 @@ _STATUS: dict[JobStatus, PredictionStatus] = {
 }
 
 
-def to_edit_request(body: WavespeedEditRequest, prompt: str) -> EditRequest:
-    """`prompt` is the validated (stripped, length-checked) prompt."""
-    if body.model_extra:
-        logger.info("wavespeed: ignoring unknown fields %s", sorted(body.model_extra))
+class WavespeedAdapter:
+    """The serving layer's converter for this flavour (`stepedit.api.serving.EditAdapter`)."""
+
+    flavour = NAME
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def to_submission(self, body: WavespeedEditRequest, call: Call) -> Submission:
+        if call.webhook_url and body.enable_base64_output:
+            raise InvalidInput(
+                "enable_base64_output cannot be combined with a webhook.",
+                param="enable_base64_output",
+            )
+        return Submission(
+            request=to_edit_request(body),
+            image=body.image,
+            webhook_url=call.webhook_url,
+            wait_s=SYNC_WAIT_S if body.enable_sync_mode else None,
+            raise_unless_succeeded=False,  # a failed prediction is reported in its `data`
+            base64_outputs=body.enable_base64_output,
+            wire_input=body.model_dump(mode="json", exclude_unset=True),  # the webhook's `input`
+        )
+
+    def to_response(
+        self, body: WavespeedEditRequest, view: JobView, base64_outputs: list[str] | None
+    ) -> PredictionResponse:
+        """`enable_base64_output` applies to this response only (with `enable_sync_mode` the
+        outputs are in it); `GET .../result` always answers with output URLs."""
+        return to_response(view, base_url=self.settings.base_url, base64_outputs=base64_outputs)
+
+
+def to_edit_request(body: WavespeedEditRequest) -> EditRequest:
     return EditRequest(
-        prompt=prompt,
+        prompt=check_prompt(body.prompt),
         negative_prompt=check_prompt(
-            body.negative_prompt,
-            DEFAULT_MAX_PROMPT_CHARS,
-            param="negative_prompt",
-            allow_empty=True,
+            body.negative_prompt, param="negative_prompt", allow_empty=True
         ),
         seed=None if body.seed is None or body.seed < 0 else body.seed,
         guidance_scale=body.guidance_scale,
@@ -108,12 +141,16 @@ def to_response(
 
 
 def webhook_renderer(base_url: str) -> Callable[[JobView], dict[str, Any]]:
-    """The webhook body for wavespeed jobs: the same object `GET .../result` returns.
+    """The webhook body for wavespeed jobs, as WaveSpeedAI's webhook docs show it: the bare
+    prediction object (not the `{code, message, data}` envelope) with `input`, the request as
+    sent (`JobView.wire_input`; inline images are not echoed).
 
     Register it with `JobService.register_webhook_renderer("wavespeed", webhook_renderer(url))`.
     """
 
     def render(view: JobView) -> dict[str, Any]:
-        return to_response(view, base_url=base_url).model_dump(mode="json")
+        prediction = to_prediction(view, base_url=base_url).model_dump(mode="json")
+        head = {"id": prediction.pop("id"), "model": prediction.pop("model")}
+        return {**head, "input": view.wire_input or {}, **prediction}
 
     return render

@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
+from stepedit.api.protocol import WireModel
 from stepedit.request import MAX_SEED
 
+NAME = "wavespeed"
 MODEL_ID = "wavespeed-ai/step1x-edit"
 PredictionStatus = Literal["created", "processing", "completed", "failed"]
 
 
-class WavespeedEditRequest(BaseModel):
+class WavespeedEditRequest(WireModel):
     """`POST /api/v3/wavespeed-ai/step1x-edit`. Unknown fields are accepted (and logged)."""
 
-    model_config = ConfigDict(extra="allow")
+    flavour: ClassVar[str] = NAME
 
     prompt: str = Field(description="The positive prompt for the generation.")
     image: str = Field(description="The image to edit: a public URL, a data URI or raw base64.")

@@ -1,23 +1,30 @@
-"""Wire models of the native job API: `JobCreate` in, `JobOut` out (CONTRACTS.md JobView)."""
+"""Wire models of the native job API: `JobCreate` in, `JobOut` out (CONTRACTS.md JobView).
+
+The fields are EditRequest's, under its own names, with their ranges.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, Field, field_validator
 
-from stepedit.request import MAX_IMAGES_PER_REQUEST, MAX_SEED, EditRequest
+from stepedit.api.protocol import WireModel
+from stepedit.request import MAX_IMAGES_PER_REQUEST, MAX_PROMPT_CHARS, MAX_SEED, CfgRescale
 
-MAX_PROMPT_CHARS = 2048
+NAME = "native"
 
 
-class JobCreate(BaseModel):
-    """The fields of `EditRequest`, with their ranges. `image` only for JSON bodies."""
+class JobCreate(WireModel):
+    """A job as multipart form fields (`image`: the file, or a string as in JSON)."""
 
-    model_config = ConfigDict(extra="ignore")
+    flavour: ClassVar[str] = NAME
 
     prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
     negative_prompt: str = Field(default="", max_length=MAX_PROMPT_CHARS)
+    image: str | None = Field(
+        default=None, description="data URI, raw base64 or a public http(s) URL"
+    )
     seed: int | None = Field(default=None, ge=-1, le=MAX_SEED, description="-1 or null: random")
     guidance_scale: float = Field(default=6.0, ge=0.0, le=20.0)
     num_inference_steps: int = Field(default=28, ge=1, le=100)
@@ -28,6 +35,11 @@ class JobCreate(BaseModel):
     enable_thinking: bool | None = None
     enable_reflection: bool | None = None
     enhance_prompt: bool = False
+    cfg_rescale: CfgRescale | None = Field(
+        default=None,
+        description="When the guidance term is norm-rescaled: official (default: as the "
+        "release's own code does), every_step, or never (plain CFG)",
+    )
     output_format: Literal["png", "jpeg", "webp"] = "png"
     webhook_url: str | None = Field(default=None, max_length=2048)
     model: str | None = Field(
@@ -45,26 +57,10 @@ class JobCreate(BaseModel):
             return int(value)
         return value
 
-    def to_request(self) -> EditRequest:
-        return EditRequest(
-            prompt=self.prompt,
-            negative_prompt=self.negative_prompt,
-            seed=None if self.seed is None or self.seed < 0 else self.seed,
-            guidance_scale=self.guidance_scale,
-            num_inference_steps=self.num_inference_steps,
-            size_level=self.size_level,
-            output_size=self.output_size,
-            num_images=self.num_images,
-            strength=self.strength,
-            enable_thinking=self.enable_thinking,
-            enable_reflection=self.enable_reflection,
-            enhance_prompt=self.enhance_prompt,
-            output_format=self.output_format,
-            model=self.model,
-        )
-
 
 class JobCreateJSON(JobCreate):
+    """A job as a JSON object: the image is a string."""
+
     image: str = Field(description="data URI, raw base64 or a public http(s) URL")
 
 
@@ -85,6 +81,17 @@ class ErrorOut(BaseModel):
     message: str
 
 
+class WebhookOut(BaseModel):
+    """Where the job's webhook delivery stands (`null` without a webhook)."""
+
+    state: Literal["pending", "sending", "delivered", "failed"]
+    attempts: int
+    last_attempt_at: str | None
+    last_status: int | None = Field(description="The receiver's HTTP status, if it answered")
+    last_error: str | None = Field(description="Why the last attempt failed")
+    next_attempt_at: str | None = Field(description="While pending: when it is tried (again)")
+
+
 class JobOut(BaseModel):
     id: str
     status: Literal["queued", "processing", "succeeded", "failed", "canceled"]
@@ -103,6 +110,7 @@ class JobOut(BaseModel):
     )
     error: ErrorOut | None
     timings: dict[str, float | None]
+    webhook: WebhookOut | None = None
 
 
 class JobList(BaseModel):
@@ -110,8 +118,8 @@ class JobList(BaseModel):
     data: list[JobOut]
 
 
-class PromptEnhanceIn(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+class PromptEnhanceIn(WireModel):
+    flavour: ClassVar[str] = NAME
 
     prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
     image: str | None = Field(

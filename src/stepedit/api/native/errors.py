@@ -1,0 +1,33 @@
+"""The native error body, `{"error": {"code", "message", "param"}}`, with FastAPI's statuses:
+422 for a field that fails validation, 415 for an image format we do not take."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from stepedit.api.errors import HTTPError
+from stepedit.api.flavours import ErrorShape
+
+
+def render_error(error: HTTPError, request_id: str) -> dict[str, Any]:
+    return {"error": {"code": error.code, "message": error.message, "param": error.param}}
+
+
+_NULLABLE_STRING: dict[str, Any] = {"type": ["string", "null"]}
+ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["code", "message", "param"],
+            "properties": {
+                "code": {"type": "string"},
+                "message": {"type": "string"},
+                "param": _NULLABLE_STRING,
+            },
+        }
+    },
+}
+
+ERRORS = ErrorShape(render_error, ERROR_SCHEMA)
