@@ -1,18 +1,20 @@
 """Fixtures for the playground tests: Debian's Chromium driven by Playwright, the page served
 either by a plain static server (API answers stubbed in the browser) or by a real `stepedit
-serve` with a tiny random model.
+serve`, with the tiny random model or with the fake editor.
 
 Chromium comes from Debian (`apt-get install chromium`); Playwright never downloads a browser.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -75,20 +77,48 @@ LIVE_API_KEY = "playground-test-key"
 LIVE_MAX_UPLOAD_BYTES = 300_000
 
 
+@dataclass(frozen=True)
+class LiveServer:
+    url: str
+    log: Path  # its stdout and stderr: the start-up lines, the access log
+
+
 @pytest.fixture(scope="module")
-def live_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     """A real `stepedit serve` with the tiny random model, requiring an API key, with a small
     upload limit so that "too large" can be provoked."""
+    model = os.environ.get("STEPEDIT_WEB_TEST_MODEL", "dummy:tiny-v1.1")
+    env = {"STEPEDIT_MAX_UPLOAD_BYTES": str(LIVE_MAX_UPLOAD_BYTES)}
+    with running_server(tmp_path_factory, model, env) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def live_url(live_server: LiveServer) -> str:
+    return live_server.url
+
+
+@pytest.fixture(scope="module")
+def fake_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """A real `stepedit serve` whose editor is the fake one (it inverts the image at once):
+    the whole server and its five API flavours, with no model time. API keys required."""
+    with running_server(tmp_path_factory, "fake", {}) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def running_server(
+    tmp_path_factory: pytest.TempPathFactory, model: str, env: dict[str, str]
+) -> Iterator[LiveServer]:
     data_dir = tmp_path_factory.mktemp("stepedit-data")
     port = free_port()
     log_path = data_dir / "server.log"
     env = {
         **os.environ,
         "STEPEDIT_API_KEYS": LIVE_API_KEY,
-        "STEPEDIT_MAX_UPLOAD_BYTES": str(LIVE_MAX_UPLOAD_BYTES),
         "STEPEDIT_SAFETY_CHECKER": "false",
+        **env,
     }
-    model = os.environ.get("STEPEDIT_WEB_TEST_MODEL", "dummy:tiny-v1.1")
     command = [sys.executable, "-m", "stepedit.cli", "serve", "--model", model]
     command += ["--port", str(port), "--data-dir", str(data_dir)]
     with open(log_path, "wb") as log:
@@ -96,7 +126,7 @@ def live_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_until_healthy(url, process, log_path, timeout_s=240)
-        yield url
+        yield LiveServer(url, log_path)
     finally:
         process.terminate()
         try:

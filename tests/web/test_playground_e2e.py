@@ -3,11 +3,13 @@ with the tiny random model (a few seconds per edit on CPU), API keys required.""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
-from conftest import LIVE_API_KEY, LIVE_MAX_UPLOAD_BYTES
+from conftest import LIVE_API_KEY, LIVE_MAX_UPLOAD_BYTES, LiveServer
 from playground_support import RECORD_PROGRESS, png_bytes, requires_chromium
 
 pytestmark = [pytest.mark.slow, requires_chromium]
@@ -33,6 +35,10 @@ def test_upload_run_watch_progress_and_download(
     source.write_bytes(png_bytes(160, 128))
     page.set_input_files("#image-file", str(source))
     page.get_by_role("button", name="Change hair color to red").click()
+    if is_dummy():  # the random model's own defaults: a first try takes seconds
+        assert page.get_by_label("Size").input_value() == "512"
+        assert page.get_by_label("Steps", exact=True).input_value() == "28"
+        assert "noise" in page.locator("#model-hint").inner_text()
     page.get_by_label("Steps value").fill(str(STEPS))
     page.get_by_label("Size").select_option("512")
     page.get_by_role("button", name="Run").click()
@@ -65,6 +71,23 @@ def test_upload_run_watch_progress_and_download(
     assert page.evaluate("document.documentElement.scrollWidth") <= 375
     page.screenshot(path=str(artifacts / "playground-e2e-phone.png"), full_page=True)
     context.close()
+
+
+def is_dummy() -> bool:
+    return os.environ.get("STEPEDIT_WEB_TEST_MODEL", "dummy:").startswith("dummy:")
+
+
+def test_health_and_the_start_up_log_say_the_model_is_a_dummy(live_server: LiveServer) -> None:
+    if not is_dummy():
+        pytest.skip("STEPEDIT_WEB_TEST_MODEL is not a dummy: model")
+    body = httpx.get(f"{live_server.url}/health", timeout=10).json()
+    assert body["model_version"] == "v1.1"
+    assert body["is_dummy_model"] is True
+    assert body["defaults"] == {"guidance_scale": 6.0, "num_inference_steps": 28, "size_level": 512}
+    log = live_server.log.read_text(errors="replace")
+    assert f"playground: {live_server.url}/ " in log
+    assert f"API docs: {live_server.url}/docs" in log
+    assert "random weights: every edit comes out as noise" in log
 
 
 def test_non_image_upload_is_explained(page: Any, live_url: str, tmp_path: Path) -> None:

@@ -7,17 +7,24 @@ end-to-end run against the real server is in test_playground_e2e.py.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import pytest
-from playground_support import RECORD_PROGRESS, png_bytes, requires_chromium
+from playground_support import (
+    JOB_ID,
+    RECORD_PROGRESS,
+    choose_image,
+    error_body,
+    job_view,
+    requires_chromium,
+    sse,
+    stub_server,
+    succeeded,
+)
 
 pytestmark = [pytest.mark.slow, requires_chromium]
 
-JOB_ID = "job_0123456789"
-OUTPUT_URL = "/files/tok_abc.png"
 EXAMPLES = [
     "Change hair color to red",
     "Add sunglasses",
@@ -29,78 +36,10 @@ EXAMPLES = [
 ]
 
 
-def job_view(status: str, *, step: int = 0, total: int = 30, **extra: Any) -> dict[str, Any]:
-    view: dict[str, Any] = {
-        "id": JOB_ID,
-        "status": status,
-        "created_at": "2026-11-24T12:00:00+00:00",
-        "started_at": None,
-        "finished_at": None,
-        "request": {"prompt": "Add sunglasses", "num_inference_steps": total},
-        "seed": 1234,
-        "progress": {"step": step, "total_steps": total, "stage": "denoise"},
-        "outputs": [],
-        "prompt_used": "Add sunglasses",
-        "passes": ["diffusion"],
-        "error": None,
-        "timings": {"inference_ms": 2500.0},
-    }
-    view.update(extra)
-    return view
-
-
-def succeeded(nsfw: bool = False) -> dict[str, Any]:
-    return job_view("succeeded", step=30, outputs=[{"url": OUTPUT_URL, "seed": 1234, "nsfw": nsfw}])
-
-
-def sse(*views: dict[str, Any]) -> str:
-    return "".join(f"event: job\ndata: {json.dumps(view)}\n\n" for view in views)
-
-
-def error_body(code: str, message: str) -> str:
-    return json.dumps({"error": {"code": code, "message": message, "param": None}})
-
-
-def stub_server(page: Any, submit: Any, *, authorized: Any = None) -> dict[str, list[Any]]:
-    """Route the API: `submit(request)` answers POST /v1/jobs as (status, body dict or str).
-
-    Returns the requests seen, by name, for assertions.
-    """
-    seen: dict[str, list[Any]] = {"jobs": [], "enhance": []}
-
-    def health(route: Any) -> None:
-        route.fulfill(json={"status": "ok", "model_version": "v1.1"})
-
-    def jobs(route: Any) -> None:
-        seen["jobs"].append(route.request)
-        status, body = submit(route.request)
-        text = body if isinstance(body, str) else json.dumps(body)
-        route.fulfill(status=status, body=text, content_type="application/json")
-
-    def events(route: Any) -> None:
-        steps = [job_view("processing", step=s) for s in (1, 10, 20, 30)]
-        route.fulfill(body=sse(*steps, succeeded()), content_type="text/event-stream")
-
-    def output(route: Any) -> None:
-        route.fulfill(body=png_bytes(), content_type="image/png")
-
-    page.route("**/health", health)
-    page.route("**/v1/jobs", jobs)
-    page.route(f"**/v1/jobs/{JOB_ID}/events", events)
-    page.route(f"**/v1/jobs/{JOB_ID}", lambda route: route.fulfill(json=succeeded()))
-    page.route(f"**{OUTPUT_URL}", output)
-    return seen
-
-
-def choose_image(page: Any, tmp_path: Path) -> None:
-    source = tmp_path / "portrait.png"
-    source.write_bytes(png_bytes())
-    page.set_input_files("#image-file", str(source))
-    page.wait_for_selector("#source-preview:not([hidden])")
-
-
-def test_every_control_is_labelled_and_defaults_follow_the_seed(page: Any, static_url: str) -> None:
-    page.goto(static_url)
+def test_every_control_is_labelled_and_defaults_are_the_native_apis(
+    page: Any, static_url: str
+) -> None:
+    page.goto(static_url)  # no /health here: the page keeps its own defaults
     unlabelled = page.evaluate(
         """() => [...document.querySelectorAll("input, select, textarea, button")]
             .filter((el) => {
@@ -112,8 +51,8 @@ def test_every_control_is_labelled_and_defaults_follow_the_seed(page: Any, stati
             .map((el) => el.outerHTML)"""
     )
     assert unlabelled == []
-    assert page.get_by_label("Guidance scale", exact=True).input_value() == "4"
-    assert page.get_by_label("Steps", exact=True).input_value() == "30"
+    assert page.get_by_label("Guidance scale", exact=True).input_value() == "6"
+    assert page.get_by_label("Steps", exact=True).input_value() == "28"
     assert page.get_attribute("#guidance", "max") == "20"
     assert page.get_attribute("#steps", "min") == "1"
     assert page.get_attribute("#steps", "max") == "50"
@@ -144,8 +83,8 @@ def test_stubbed_edit_shows_progress_result_seed_and_history(
     body = seen["jobs"][0].post_data_json
     assert body["image"].startswith("data:image/png;base64,")
     assert body["prompt"] == "Add sunglasses"
-    assert body["guidance_scale"] == 4
-    assert body["num_inference_steps"] == 30
+    assert body["guidance_scale"] == 6
+    assert body["num_inference_steps"] == 28
     assert body["negative_prompt"] == "blurry"
     assert body["size_level"] == 1024
     assert body["num_images"] == 1
