@@ -33,6 +33,11 @@ def stored(data_dir: Path, job_id: str) -> Any:
         service.close()
 
 
+def running(base_url: str, job_id: str) -> bool:
+    job = get_job(base_url, job_id)
+    return bool(job["status"] == "processing" and job["progress"]["step"] >= 1)
+
+
 def test_sigterm_lets_the_running_edit_finish(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     server = start_server(data_dir, model="fake:0.2", env={"STEPEDIT_SHUTDOWN_GRACE_S": "60"})
@@ -50,12 +55,14 @@ def test_two_deploys_during_one_edit_do_not_fail_it(tmp_path: Path) -> None:
     env = {"STEPEDIT_SHUTDOWN_GRACE_S": "0.5", "STEPEDIT_MAX_ATTEMPTS": "1"}
     server = start_server(data_dir, model="fake:0.3", env=env)
     job_id = submit(server.base_url, steps=40)  # 12 s: longer than the grace
-    for _deploy in range(2):
-        wait_until(lambda: get_job(server.base_url, job_id)["progress"]["step"] >= 1)  # noqa: B023
+    for deploy in range(2):
+        wait_until(lambda: running(server.base_url, job_id))  # noqa: B023
         assert terminate(server) in (0, -signal.SIGTERM), server.log()
         view = stored(data_dir, job_id)
         assert view.status.value == "queued", server.log()
-        server = start_server(data_dir, model="fake:0.01", env=env)
+        # The restart after the first deploy is as slow (the second deploy catches the edit
+        # running again); the last one is quick, so the edit completes.
+        server = start_server(data_dir, model="fake:0.3" if deploy == 0 else "fake:0.01", env=env)
     wait_until(lambda: get_job(server.base_url, job_id)["status"] in ("succeeded", "failed"))
     job = get_job(server.base_url, job_id)
     server.stop()
