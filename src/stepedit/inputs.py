@@ -20,15 +20,17 @@ import logging
 import re
 import socket
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from urllib.parse import SplitResult, urljoin, urlsplit
 
 import httpx
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from stepedit import regions
 from stepedit.errors import ImageFetchError, InvalidInput, PayloadTooLarge, UnsupportedMediaType
-from stepedit.request import MAX_PROMPT_CHARS
+from stepedit.request import MAX_PROMPT_CHARS, EditRequest
 from stepedit.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -79,11 +81,19 @@ class DecodedImage:
     height: int
     source_bytes: int
 
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.width, self.height
+
     def to_png_bytes(self) -> bytes:
         """The normalized image, losslessly encoded, as handed to the job service."""
-        buffer = io.BytesIO()
-        self.image.save(buffer, format="PNG")
-        return buffer.getvalue()
+        return png_bytes(self.image)
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def rules_from_settings(settings: Settings, base: ImageRules = DEFAULT_RULES) -> ImageRules:
@@ -113,11 +123,36 @@ def decode_image(
     data: bytes, rules: ImageRules = DEFAULT_RULES, *, param: str = "image"
 ) -> DecodedImage:
     """Decode and validate image bytes; never lets a Pillow exception escape."""
+    with opened_upload(data, rules, param=param) as (opened, fmt):
+        try:
+            opened.load()
+            image = ImageOps.exif_transpose(opened)
+            image = image.convert("RGB")
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise _too_many_pixels(rules, param) from None
+        except (OSError, SyntaxError, ValueError, EOFError) as exc:
+            # Truncated or corrupt data: Pillow's message ("image file is truncated") is useful.
+            raise InvalidInput(
+                f"The {_noun(param)} data is corrupt or truncated: {exc}", param=param
+            ) from None
+    return DecodedImage(
+        image=image, format=fmt, width=image.width, height=image.height, source_bytes=len(data)
+    )
+
+
+@contextmanager
+def opened_upload(
+    data: bytes, rules: ImageRules, *, param: str = "image"
+) -> Iterator[tuple[Image.Image, str]]:
+    """(the image, its format name), opened but not decoded, once `data` passed what every
+    upload is checked for: not empty, at most `rules.max_bytes`, a format of `rules`, and a
+    size (read from the header, so a decompression bomb stops here) within `rules`. Inside the
+    block Pillow's decompression-bomb warning is an error too."""
     if not data:
-        raise InvalidInput("The image is empty.", param=param)
+        raise InvalidInput(f"The {_noun(param)} is empty.", param=param)
     if len(data) > rules.max_bytes:
         raise PayloadTooLarge(
-            f"The image is {len(data)} bytes; the limit is {rules.max_bytes} bytes "
+            f"The {_noun(param)} is {len(data)} bytes; the limit is {rules.max_bytes} bytes "
             f"({rules.max_bytes // MB} MB).",
             param=param,
         )
@@ -128,74 +163,92 @@ def decode_image(
             opened = Image.open(io.BytesIO(data))
         except UnidentifiedImageError:
             raise UnsupportedMediaType(
-                "The file is not an image in a supported format "
+                f"The {_noun(param)} file is not an image in a supported format "
                 f"({', '.join(sorted(rules.formats))}).",
                 param=param,
             ) from None
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
             raise _too_many_pixels(rules, param) from None
         except Exception as exc:  # Pillow raises many types for hostile headers
-            raise InvalidInput(f"The image could not be read: {exc}", param=param) from None
+            raise InvalidInput(
+                f"The {_noun(param)} could not be read: {exc}", param=param
+            ) from None
         with opened:
-            return _validate_and_load(opened, len(data), rules, param)
-
-
-def _validate_and_load(
-    opened: Image.Image, size_bytes: int, rules: ImageRules, param: str
-) -> DecodedImage:
-    fmt = FORMAT_NAMES.get(opened.format or "", (opened.format or "unknown").lower())
-    if fmt not in rules.formats:
-        raise UnsupportedMediaType(
-            f"Image format {fmt!r} is not supported; use one of "
-            f"{', '.join(sorted(rules.formats))}.",
-            param=param,
-        )
-    # From the header, before a single pixel is decoded (a decompression bomb stops here). The
-    # rules are symmetric in width and height, so EXIF rotation cannot change the verdict.
-    check_dimensions(*opened.size, rules, param=param)
-    try:
-        opened.load()
-        image = ImageOps.exif_transpose(opened)
-        image = image.convert("RGB")
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise _too_many_pixels(rules, param) from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        # Truncated or corrupt data: Pillow's message ("image file is truncated") is useful.
-        raise InvalidInput(f"The image data is corrupt or truncated: {exc}", param=param) from None
-    return DecodedImage(
-        image=image, format=fmt, width=image.width, height=image.height, source_bytes=size_bytes
-    )
+            fmt = FORMAT_NAMES.get(opened.format or "", (opened.format or "unknown").lower())
+            if fmt not in rules.formats:
+                raise UnsupportedMediaType(
+                    f"{_noun(param).capitalize()} format {fmt!r} is not supported; use one of "
+                    f"{', '.join(sorted(rules.formats))}.",
+                    param=param,
+                )
+            # The rules are symmetric in width and height: EXIF rotation cannot change this.
+            check_dimensions(*opened.size, rules, param=param)
+            yield opened, fmt
 
 
 def _too_many_pixels(rules: ImageRules, param: str) -> InvalidInput:
     return InvalidInput(
-        f"The image has too many pixels (limit {rules.max_pixels}); refusing to decode it.",
+        f"The {_noun(param)} has too many pixels (limit {rules.max_pixels}); refusing to "
+        "decode it.",
         param=param,
     )
 
 
-def check_dimensions(width: int, height: int, rules: ImageRules, *, param: str = "image") -> None:
-    """Per-flavour size rules, on the image as displayed (after EXIF orientation)."""
+def check_dimensions(
+    width: int, height: int, rules: ImageRules, *, param: str = "image", what: str | None = None
+) -> None:
+    """Per-flavour size rules, on the image as displayed (after EXIF orientation). `what` names
+    the picture in the message (default: the image, or the mask for param="mask")."""
+    what = what or _noun(param)
     short, long = sorted((width, height))
     if short < rules.min_side or long > rules.max_side:
         raise InvalidInput(
-            f"The image is {width}x{height}; each side must be between {rules.min_side} and "
+            f"The {what} is {width}x{height}; each side must be between {rules.min_side} and "
             f"{rules.max_side} pixels.",
             param=param,
         )
     if width * height > rules.max_pixels:
         raise InvalidInput(
-            f"The image is {width}x{height} ({width * height} pixels); the area must be at most "
+            f"The {what} is {width}x{height} ({width * height} pixels); the area must be at most "
             f"{rules.max_pixels} pixels.",
             param=param,
         )
     if rules.max_aspect is not None and long / short > rules.max_aspect:
         ratio = f"1:{rules.max_aspect:g}"
         raise InvalidInput(
-            f"The image is {width}x{height}; the aspect ratio must be between {ratio} and "
+            f"The {what} is {width}x{height}; the aspect ratio must be between {ratio} and "
             f"{rules.max_aspect:g}:1.",
             param=param,
         )
+
+
+# --- the area of an edit: mask and outpaint -------------------------------------------------
+
+
+def check_edit_area(
+    image_size: tuple[int, int], request: EditRequest, mask: bytes | None, rules: ImageRules
+) -> bytes | None:
+    """At submission, what the pipeline's `regions.edit_area` will need, checked once for every
+    API flavour: an outpaint's result within `rules` (the flavour's size limits apply to the
+    canvas), and the mask checked as an upload (`opened_upload`: bytes, format, pixel count from
+    the header) and by the mask rules (`regions.checked_mask`: size, channel, not with an
+    outpaint). Returns the mask as the "L" PNG the job stores beside its image (None without
+    one); InvalidInput with `param` naming the field otherwise."""
+    if request.is_outpaint:
+        param = "outpaint_padding" if request.outpaint_padding else "outpaint_aspect_ratio"
+        width, height = regions.canvas_size(image_size, request)
+        check_dimensions(width, height, rules, param=param, what="outpainted image")
+    if mask is None:
+        return None
+    with opened_upload(mask, rules, param="mask"):
+        pass  # the checks every upload gets, before the mask rules decode it
+    checked = regions.checked_mask(image_size, request, mask)
+    return None if checked is None else png_bytes(checked)
+
+
+def _noun(param: str) -> str:
+    """What a message calls the picture of the field `param`."""
+    return "mask" if param == "mask" else "image"
 
 
 # --- string sources: data URI, raw base64, URL --------------------------------------------
@@ -222,11 +275,12 @@ def decode_base64_source(value: str, *, max_bytes: int, param: str = "image") ->
     # 4 characters encode 3 bytes: refuse an oversized payload before decoding it.
     if len(text) * 3 // 4 > max_bytes + 3:
         raise PayloadTooLarge(
-            f"The image is larger than the limit of {max_bytes} bytes.", param=param
+            f"The {_noun(param)} is larger than the limit of {max_bytes} bytes.", param=param
         )
     if not text or not _BASE64_CHARS.match(text):
         raise InvalidInput(
-            "The image must be an http(s) URL, a data URI or base64-encoded bytes.", param=param
+            f"The {_noun(param)} must be an http(s) URL, a data URI or base64-encoded bytes.",
+            param=param,
         )
     padded = text + "=" * (-len(text) % 4)
     try:
@@ -234,7 +288,7 @@ def decode_base64_source(value: str, *, max_bytes: int, param: str = "image") ->
             return base64.urlsafe_b64decode(padded)
         return base64.b64decode(padded, validate=True)
     except (binascii.Error, ValueError):
-        raise InvalidInput("The image is not valid base64.", param=param) from None
+        raise InvalidInput(f"The {_noun(param)} is not valid base64.", param=param) from None
 
 
 async def load_image_source(
@@ -246,13 +300,25 @@ async def load_image_source(
     transport: httpx.AsyncBaseTransport | None = None,
 ) -> DecodedImage:
     """A URL, data URI or raw base64 string -> validated image."""
-    if is_url(value.strip()):
-        data = await fetch_image_bytes(
-            value.strip(), _tighter(policy, rules.max_bytes), param=param, transport=transport
-        )
-    else:
-        data = decode_base64_source(value, max_bytes=rules.max_bytes, param=param)
+    data = await read_source(value, rules.max_bytes, policy, param=param, transport=transport)
     return await asyncio.to_thread(decode_image, data, rules, param=param)
+
+
+async def read_source(
+    value: str,
+    max_bytes: int,
+    policy: FetchPolicy,
+    *,
+    param: str = "image",
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> bytes:
+    """The bytes a URL (fetched under `policy`), data URI or raw base64 string carries, at
+    most `max_bytes`; not yet decoded."""
+    if is_url(value.strip()):
+        return await fetch_image_bytes(
+            value.strip(), _tighter(policy, max_bytes), param=param, transport=transport
+        )
+    return decode_base64_source(value, max_bytes=max_bytes, param=param)
 
 
 async def check_callback_url(url: str, policy: FetchPolicy, *, param: str = "webhook") -> str:
@@ -337,7 +403,7 @@ async def fetch_image_bytes(
             return await _fetch_following_redirects(url, policy, param, transport)
     except TimeoutError:
         raise ImageFetchError(
-            f"Fetching the image URL timed out after {policy.timeout_s:g} s.", param=param
+            f"Fetching the {_noun(param)} URL timed out after {policy.timeout_s:g} s.", param=param
         ) from None
 
 
@@ -354,7 +420,8 @@ async def _fetch_following_redirects(
                 response = await client.send(request, stream=True)
             except (httpx.HTTPError, httpx.InvalidURL, UnicodeError) as exc:
                 raise ImageFetchError(
-                    f"The image URL could not be fetched: {type(exc).__name__}.", param=param
+                    f"The {_noun(param)} URL could not be fetched: {type(exc).__name__}.",
+                    param=param,
                 ) from None
             try:
                 if response.is_redirect and "location" in response.headers:
@@ -363,13 +430,13 @@ async def _fetch_following_redirects(
                     continue
                 if response.status_code != 200:
                     raise ImageFetchError(
-                        f"The image URL answered HTTP {response.status_code}.", param=param
+                        f"The {_noun(param)} URL answered HTTP {response.status_code}.", param=param
                     )
                 return await _read_limited(response, policy.max_bytes, param)
             finally:
                 await response.aclose()
     raise ImageFetchError(
-        f"The image URL redirected more than {policy.max_redirects} times.", param=param
+        f"The {_noun(param)} URL redirected more than {policy.max_redirects} times.", param=param
     )
 
 
@@ -383,24 +450,28 @@ async def _pinned_request(
         host = parts.hostname
         port = parts.port or (443 if parts.scheme == "https" else 80)
     except ValueError:  # "http://[::1", "http://h:99999"
-        raise ImageFetchError("The image URL is not a valid URL.", param=param) from None
+        raise ImageFetchError(f"The {_noun(param)} URL is not a valid URL.", param=param) from None
     if parts.scheme not in ("http", "https") or not host:
-        raise ImageFetchError("The image URL must be an http(s) URL with a host.", param=param)
+        raise ImageFetchError(
+            f"The {_noun(param)} URL must be an http(s) URL with a host.", param=param
+        )
     try:
         addresses = await resolve_addresses(host, port)
     except (OSError, UnicodeError, ValueError):  # UnicodeError: a name IDNA cannot encode
         raise ImageFetchError(
-            f"The image URL's host {host!r} could not be resolved.", param=param
+            f"The {_noun(param)} URL's host {host!r} could not be resolved.", param=param
         ) from None
     if not addresses:
-        raise ImageFetchError(f"The image URL's host {host!r} has no address.", param=param)
+        raise ImageFetchError(
+            f"The {_noun(param)} URL's host {host!r} has no address.", param=param
+        )
     if not policy.allow_private_urls:
         blocked = [a for a in addresses if is_blocked_address(a)]
         if blocked:
             logger.warning("blocked image URL %s -> %s", _redacted(url), blocked[0])
             raise ImageFetchError(
-                "The image URL points to a private, loopback or otherwise non-public address, "
-                "which is not allowed.",
+                f"The {_noun(param)} URL points to a private, loopback or otherwise non-public "
+                "address, which is not allowed.",
                 param=param,
             )
     pinned, host_header, extensions = pin_to_address(parts, addresses[0])
@@ -412,7 +483,7 @@ async def _pinned_request(
     try:
         return client.build_request("GET", pinned, headers=headers, extensions=extensions)
     except (httpx.InvalidURL, ValueError):
-        raise ImageFetchError("The image URL is not a valid URL.", param=param) from None
+        raise ImageFetchError(f"The {_noun(param)} URL is not a valid URL.", param=param) from None
 
 
 def pin_to_address(
@@ -431,7 +502,7 @@ def pin_to_address(
 
 async def _read_limited(response: httpx.Response, max_bytes: int, param: str) -> bytes:
     too_large = PayloadTooLarge(
-        f"The image at the URL is larger than the limit of {max_bytes} bytes.", param=param
+        f"The {_noun(param)} at the URL is larger than the limit of {max_bytes} bytes.", param=param
     )
     declared = response.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > max_bytes:
@@ -446,7 +517,7 @@ async def _read_limited(response: httpx.Response, max_bytes: int, param: str) ->
             chunks.append(chunk)
     except httpx.HTTPError as exc:
         raise ImageFetchError(
-            f"The image download failed: {type(exc).__name__}.", param=param
+            f"The {_noun(param)} download failed: {type(exc).__name__}.", param=param
         ) from None
     return b"".join(chunks)
 

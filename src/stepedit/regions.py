@@ -315,6 +315,19 @@ class EditArea:
         return Image.fromarray(union, mode="L")
 
 
+def checked_mask(
+    image_size: tuple[int, int], request: EditRequest, mask: Image.Image | bytes | None
+) -> Image.Image | None:
+    """The mask of an edit of an image of `image_size`, checked (`check_mask`); None without
+    one. InvalidInput(param="mask") for a bad mask, or for one sent with an outpaint (which
+    makes its own). The API calls it on arrival, `edit_area` before the model runs."""
+    if mask is None:
+        return None
+    if request.is_outpaint:
+        raise _invalid("outpaint makes its own mask (the new area); send one or the other")
+    return check_mask(mask, image_size)
+
+
 def edit_area(
     image: Image.Image, request: EditRequest, mask: Image.Image | bytes | None = None
 ) -> EditArea:
@@ -322,14 +335,12 @@ def edit_area(
     or the whole image (estimated while sampling with preserve_unedited). InvalidInput for a bad
     mask, a mask sent with outpaint, or an outpaint the image cannot take."""
     source = image.convert("RGB")
+    checked = checked_mask(source.size, request, mask)
     if request.is_outpaint:
-        if mask is not None:
-            raise _invalid("outpaint makes its own mask (the new area); send one or the other")
         canvas, new_area = extend_canvas(source, outpaint_padding(source.size, request))
         prompt = request.prompt if request.prompt.strip() else DEFAULT_OUTPAINT_PROMPT
         return EditArea(canvas, new_area, prompt, request.preserve_outside_mask, estimate=False)
-    if mask is not None:
-        checked = check_mask(mask, source.size)
+    if checked is not None:
         return EditArea(source, checked, request.prompt, request.preserve_outside_mask, False)
     keep = request.preserve_unedited
     return EditArea(source, None, request.prompt, preserve_outside=keep, estimate=keep)

@@ -291,12 +291,14 @@ def test_reasoning_passes_not_run_are_reported() -> None:
     assert response.reflection.model_dump() == {"requested": False, "ran": False}
 
 
-@pytest.mark.parametrize("operation", ["img2img", "edit", "style_transfer", "IMG2IMG"])
-def test_reasoning_instruction_operations(operation: str) -> None:
+@pytest.mark.parametrize(
+    "operation", ["img2img", "edit", "style_transfer", "IMG2IMG", "inpaint", "outpaint"]
+)
+def test_reasoning_operations(operation: str) -> None:
     assert reasoning.check_operation(operation) == operation.lower()
 
 
-@pytest.mark.parametrize("operation", ["inpaint", "outpaint", "upscale"])
+@pytest.mark.parametrize("operation", ["upscale", "teleport"])
 def test_reasoning_refused_operations(operation: str) -> None:
     with pytest.raises(InvalidInput) as info:
         reasoning.check_operation(operation)

@@ -88,10 +88,19 @@ def test_path_without_trailing_slash(client: TestClient) -> None:
     assert response.status_code == 200, response.text
 
 
-@pytest.mark.parametrize("operation", ["inpaint", "outpaint", "teleport"])
-def test_unsupported_operations_are_refused_clearly(client: TestClient, operation: str) -> None:
-    message = assert_error(client.post(URL, json=body(operation=operation)), 400, "operation")
-    assert "img2img" in message
+@pytest.mark.parametrize(
+    ("operation", "param", "named"),
+    [
+        ("teleport", "operation", "img2img, edit, style_transfer, inpaint, outpaint"),
+        ("inpaint", "mask", "needs a mask"),  # inpaint without a mask
+        ("outpaint", "outpaint_padding", "outpaint_aspect_ratio"),  # without padding or ratio
+    ],
+)
+def test_operations_without_their_inputs_are_refused_clearly(
+    client: TestClient, operation: str, param: str, named: str
+) -> None:
+    message = assert_error(client.post(URL, json=body(operation=operation)), 400, param)
+    assert named in message
 
 
 @pytest.mark.parametrize(

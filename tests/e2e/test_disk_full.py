@@ -39,9 +39,9 @@ class GatedEditor(FakeEditor):
         super().__init__()
         self.gate = gate
 
-    def edit(self, request: EditRequest, image: Any, on_progress: Any) -> Any:
+    def edit(self, request: EditRequest, image: Any, on_progress: Any, mask: Any = None) -> Any:
         self.gate.wait(60)
-        return super().edit(request, image, on_progress)
+        return super().edit(request, image, on_progress, mask)
 
 
 @pytest.fixture

@@ -98,7 +98,11 @@ class BlockingEditor:
         self.release = threading.Event()
 
     def edit(
-        self, request: EditRequest, image: Image.Image, on_progress: ProgressCallback
+        self,
+        request: EditRequest,
+        image: Image.Image,
+        on_progress: ProgressCallback,
+        mask: Image.Image | None = None,
     ) -> EditorResult:
         on_progress(1, 3, "denoise")
         self.started.set()

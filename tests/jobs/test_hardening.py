@@ -142,9 +142,9 @@ def test_cancel_as_the_worker_claims_always_ends_canceled(service: JobService) -
     gate = threading.Event()
 
     class GatedEditor(FakeEditor):
-        def edit(self, request: EditRequest, image: Any, on_progress: Any) -> Any:
+        def edit(self, request: EditRequest, image: Any, on_progress: Any, mask: Any = None) -> Any:
             gate.wait(30)
-            return super().edit(request, image, on_progress)
+            return super().edit(request, image, on_progress, mask)
 
     worker = InProcessWorker(service, GatedEditor, poll_s=0.01)
     worker.start()

@@ -81,5 +81,7 @@ def validate_fields(model: type[ModelT], fields: Mapping[str, Any]) -> ModelT:
 
 
 async def read_call_with_upload(call: CallDep, request: Request) -> Call:
-    """The call, with the multipart body's image file when there is one."""
-    return replace(call, upload=await form_file(request))
+    """The call, with the multipart body's image and mask files when there are."""
+    return replace(
+        call, upload=await form_file(request), mask_upload=await form_file(request, "mask")
+    )

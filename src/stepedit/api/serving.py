@@ -3,12 +3,14 @@
 A flavour's router fetches its handler (`EditServing` over the flavour's adapter) and calls
 `edit(body, call)`, which runs:
 
-    1. convert      the adapter reads the wire request: an EditRequest, the image source, the
-                    webhook, and how to answer (wait or not, base64 outputs or URLs)
-    2. validate     against the release this server (or the fleet's route) runs: a request it
-                    cannot run is refused now, in the flavour's error shape with `param` set,
-                    before anything is fetched, queued or charged to a quota
-    3. inputs       the webhook URL checked, the image fetched/decoded under the flavour's rules
+    1. convert      the adapter reads the wire request: an EditRequest, the image (and mask)
+                    source, the webhook, and how to answer (wait or not, base64 outputs or URLs)
+    2. validate     against the release this server (or the fleet's route) runs, and the LoRA
+                    adapters it loaded: a request it cannot run is refused now, in the
+                    flavour's error shape with `param` set, before anything is fetched, queued
+                    or charged to a quota
+    3. inputs       the webhook URL checked, the image fetched/decoded under the flavour's rules,
+                    the mask and an outpaint's canvas checked against it (`check_edit_area`)
     4. submit       one queued job
     5. wait         synchronous answers wait for it; a job that did not succeed is an error
                     response (wavespeed's sync mode reports it in its body instead)
@@ -40,12 +42,14 @@ from stepedit.errors import (
 )
 from stepedit.inputs import (
     DEFAULT_RULES,
+    DecodedImage,
     FetchPolicy,
     ImageRules,
     check_callback_url,
+    check_edit_area,
     decode_image,
     fetch_policy_from_settings,
-    load_image_source,
+    read_source,
     rules_from_settings,
 )
 from stepedit.jobs.service import JobService
@@ -71,6 +75,7 @@ class Call:
     owner: str | None
     idempotency_key: str | None = None
     upload: UploadFile | None = None  # the multipart image file
+    mask_upload: UploadFile | None = None  # the multipart mask file
     webhook_url: str | None = None  # a webhook given outside the body (wavespeed's ?webhook=)
 
 
@@ -81,6 +86,7 @@ class Submission:
     request: EditRequest
     image: ImageSource
     image_rules: ImageRules = DEFAULT_RULES  # the flavour's; the settings may tighten them
+    mask: ImageSource = None  # white = may change (docs/regions.md); checked as images are
     webhook_url: str | None = None
     webhook_param: str = "webhook"  # the wire field that carried it
     wait_s: float | None = None  # synchronous: wait this long for the job; None: answer now
@@ -133,6 +139,7 @@ class EditServing(Generic[WireT, ResponseT]):
         request = check_runnable(
             submission.request, self.jobs.version_spec(submission.request), submission.wire_names
         )
+        self.jobs.check_loras(request)
         policy = fetch_policy_from_settings(self.settings)
         webhook_url = None
         if submission.webhook_url:
@@ -141,9 +148,12 @@ class EditServing(Generic[WireT, ResponseT]):
             )
         rules = rules_from_settings(self.settings, submission.image_rules)
         image = await load_image(submission.image, rules, policy)
+        sent_mask = await read_sent(submission.mask, rules.max_bytes, policy, param="mask")
+        mask = await asyncio.to_thread(check_edit_area, image.size, request, sent_mask, rules)
         return await self.jobs.submit(
             request,
-            image,
+            await asyncio.to_thread(image.to_png_bytes),
+            mask=mask,
             owner=call.owner,
             flavour=self.adapter.flavour,
             webhook_url=webhook_url,
@@ -177,23 +187,33 @@ def in_wire_names(
     return wire, message
 
 
-async def load_image(source: ImageSource, rules: ImageRules, policy: FetchPolicy) -> bytes:
-    """The image decoded and checked under `rules`, as the normalised PNG the job stores."""
-    if source is None or (isinstance(source, str) and not source.strip()):
+async def load_image(source: ImageSource, rules: ImageRules, policy: FetchPolicy) -> DecodedImage:
+    """The image decoded and checked under `rules`."""
+    data = await read_sent(source, rules.max_bytes, policy, param="image")
+    if data is None:
         raise InvalidInput("An image is required (a file, URL, data URI or base64).", param="image")
+    return await asyncio.to_thread(decode_image, data, rules, param="image")
+
+
+async def read_sent(
+    source: ImageSource, max_bytes: int, policy: FetchPolicy, *, param: str
+) -> bytes | None:
+    """The bytes of an image or mask as sent: an upload, or a URL (fetched under `policy`), data
+    URI or base64 string; at most `max_bytes`, not decoded yet. None when none was sent."""
+    if source is None or (isinstance(source, str) and not source.strip()):
+        return None
     if isinstance(source, str):
-        decoded = await load_image_source(source, rules, policy)
-    else:
-        data = source if isinstance(source, bytes) else await read_upload(source, rules.max_bytes)
-        decoded = await asyncio.to_thread(decode_image, data, rules, param="image")
-    return await asyncio.to_thread(decoded.to_png_bytes)
+        return await read_source(source, max_bytes, policy, param=param)
+    if isinstance(source, bytes):
+        return source
+    return await read_upload(source, max_bytes, param=param)
 
 
-async def read_upload(upload: UploadFile, max_bytes: int) -> bytes:
+async def read_upload(upload: UploadFile, max_bytes: int, *, param: str = "image") -> bytes:
     data = await upload.read(max_bytes + 1)
     if len(data) > max_bytes:
         raise PayloadTooLarge(
-            f"The image is larger than the limit of {max_bytes} bytes.", param="image"
+            f"The {param} is larger than the limit of {max_bytes} bytes.", param=param
         )
     return data
 

@@ -32,7 +32,14 @@ from stepedit.distributed.schema import create_tables
 from stepedit.distributed.storage import storage_from_settings
 from stepedit.errors import ServiceUnavailable
 from stepedit.jobs.dispatch import Dispatcher
-from stepedit.jobs.health import Health, HealthCheck, HealthStatus, ModelHealth, declared_version
+from stepedit.jobs.health import (
+    Health,
+    HealthCheck,
+    HealthStatus,
+    LoadedLora,
+    ModelHealth,
+    declared_version,
+)
 from stepedit.jobs.models import utcnow
 from stepedit.jobs.outbox import DeferredOutbox, Outbox
 from stepedit.jobs.service import JobService, outbox_from_settings
@@ -107,6 +114,9 @@ class FleetHealth:
 
     def raise_if_failed(self) -> None:
         pass  # an outage shows in the submission itself (broker check, database write)
+
+    def loaded_loras(self) -> tuple[LoadedLora, ...] | None:
+        return None  # the workers load them; a worker refuses a name it has not loaded
 
     def health(self) -> Health:
         try:

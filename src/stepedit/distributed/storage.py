@@ -62,6 +62,11 @@ class ObjectStorage:
         self._upload(path, data)
         return path
 
+    def save_mask(self, job_id: str, data: bytes) -> Path:
+        path = self.cache.save_mask(job_id, data)
+        self._upload(path, data)
+        return path
+
     def save_output(self, token: str, data: bytes, image_format: str) -> Path:
         path = self.cache.save_output(token, data, image_format)
         self._upload(path, data)

@@ -51,7 +51,11 @@ class TimedEditor:
         self.timeout_s = timeout_s
 
     def edit(
-        self, request: EditRequest, image: Image.Image, on_progress: ProgressCallback
+        self,
+        request: EditRequest,
+        image: Image.Image,
+        on_progress: ProgressCallback,
+        mask: Image.Image | None = None,
     ) -> EditorResult:
         deadline = time.monotonic() + self.timeout_s
 
@@ -61,7 +65,7 @@ class TimedEditor:
             on_progress(step, total_steps, stage)
 
         with self._alarm():
-            return self.editor.edit(request, image, checked)
+            return self.editor.edit(request, image, checked, mask=mask)
 
     def _timed_out(self) -> JobTimedOut:
         return JobTimedOut(f"the edit took longer than the {self.timeout_s:g} s job time limit")

@@ -18,7 +18,7 @@ from stepedit.distributed.heartbeat import BusyClock, Heartbeat, new_worker_id
 from stepedit.distributed.service import fleet_service
 from stepedit.distributed.tasks import TimedEditor, WorkerRuntime, register_task
 from stepedit.engine import load_editor, load_safety_checker
-from stepedit.engine.editor import Editor
+from stepedit.engine.editor import Editor, loaded_facts
 from stepedit.jobs.health import describe_failure
 
 logger = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ def run_worker(settings: DistributedSettings) -> int:
         service.close()
         return 1
     version = served_version(settings, editor)
-    service.model.loaded(version)
+    service.model.loaded(version, loaded_facts(editor)[1])
     queue = queue_for(version)
     clock = BusyClock()
     runtime = WorkerRuntime(

@@ -13,6 +13,8 @@ import torch
 from PIL import Image
 
 from stepedit.engine.editor import EditorResult, ProgressCallback
+from stepedit.jobs.health import LoadedLora, ModelFacts
+from stepedit.model.attention import get_attention_backend
 from stepedit.pipeline import EditOutput, EditPipeline, PipelineProgress
 from stepedit.request import EditRequest, Pass
 from stepedit.settings import Settings
@@ -36,6 +38,21 @@ class PipelineEditor:
         self.model_version = pipeline.version
         # What apply_optimizations set up and checked (JSON-ready, for /health); None: as loaded.
         self.optimizations: dict[str, Any] | None = None
+
+    def facts(self) -> ModelFacts:
+        """What this editor runs with, for /health and `GET /v1/loras` (no file paths)."""
+        loras = tuple(
+            LoadedLora(
+                name=info["name"],
+                format=info["format"],
+                rank=info["rank"],
+                targets=info["targets"],
+                default_scale=info["default_scale"],
+                merged=info["merged"],
+            )
+            for info in self.pipeline.loras.info()
+        )
+        return ModelFacts(optimizations=self.optimizations or as_loaded(self.pipeline), loras=loras)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PipelineEditor:
@@ -67,7 +84,11 @@ class PipelineEditor:
         return editor
 
     def edit(
-        self, request: EditRequest, image: Image.Image, on_progress: ProgressCallback
+        self,
+        request: EditRequest,
+        image: Image.Image,
+        on_progress: ProgressCallback,
+        mask: Image.Image | None = None,
     ) -> EditorResult:
         def callback(progress: PipelineProgress) -> None:
             on_progress(progress.step, progress.total_steps, progress.stage)
@@ -76,7 +97,7 @@ class PipelineEditor:
         started = time.perf_counter()
         if request.enhance_only:
             return self._enhance_only(request, image, started)
-        output = self.pipeline(image, request, callback=callback)
+        output = self.pipeline(image, request, mask=mask, callback=callback)
         self._synchronize()  # device time, not launch time
         return EditorResult(
             images=list(output.images),
@@ -86,6 +107,7 @@ class PipelineEditor:
             inference_s=time.perf_counter() - started,
             stages_s=dict(output.timings),
             reasoning=reasoning_record(output),
+            region_masks=list(output.region_masks),
         )
 
     def _enhance_only(
@@ -120,6 +142,20 @@ def reasoning_record(output: EditOutput) -> dict[str, Any] | None:
         "prompt": output.prompt,
         "best_round": None if output.best_round is None else output.best_round + 1,
         "rounds": [r.to_dict() for r in output.rounds],
+    }
+
+
+def as_loaded(pipeline: EditPipeline) -> dict[str, Any]:
+    """What runs when no speed switch was applied (`--optimize auto` on a CPU): the pipeline as
+    loaded, in the keys of `AppliedOptimizations.summary`."""
+    return {
+        "mode": "as loaded",
+        "device": str(pipeline.device),
+        "dtype": str(pipeline.dtype).removeprefix("torch."),
+        "attention": get_attention_backend(),
+        "batch_cfg": pipeline.batch_cfg,
+        "compiled_blocks": 0,
+        "regions": False,
     }
 
 

@@ -23,11 +23,12 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Literal
 
 from PIL import Image
 
-from stepedit.engine.editor import Editor, EditorResult
+from stepedit.engine.editor import Editor, EditorResult, loaded_facts
 from stepedit.engine.safety import SafetyChecker
 from stepedit.errors import InsufficientStorage, ServiceUnavailable, StepEditError
 from stepedit.jobs.health import describe_failure
@@ -98,8 +99,10 @@ def run_job(
 
     try:
         source = _open_input(service, job)
-        result = editor.edit(job.request, source, on_progress)
+        mask = _open_mask(service, job)
+        result = editor.edit(job.request, source, on_progress, mask=mask)
         images = _to_produced(result, job, safety, nsfw_filter)
+        regions = _regions_produced(result)
         try:
             settle(
                 lambda: service.complete(
@@ -110,6 +113,7 @@ def run_job(
                     inference_ms=result.inference_s * 1000,
                     stages_s=result.stages_s,
                     reasoning=result.reasoning,
+                    region_masks=regions,
                 ),
                 give_up_when_full=True,  # a full disk fails the job (once that can be written)
             )
@@ -140,9 +144,18 @@ _STORAGE_MESSAGE = "the server ran out of disk space while storing the result; r
 
 
 def _open_input(service: JobService, job: ClaimedJob) -> Image.Image:
+    return _open_stored(service, job, job.input_path, "RGB")
+
+
+def _open_mask(service: JobService, job: ClaimedJob) -> Image.Image | None:
+    """The edit's mask, stored checked ("L", the image's size) at submission."""
+    return None if job.mask_path is None else _open_stored(service, job, job.mask_path, "L")
+
+
+def _open_stored(service: JobService, job: ClaimedJob, path: Path, mode: str) -> Image.Image:
     try:
-        with Image.open(job.input_path) as opened:
-            return opened.convert("RGB")
+        with Image.open(path) as opened:
+            return opened.convert(mode)
     except FileNotFoundError:
         # Only a job that ended meanwhile loses its input: canceled as it was claimed, or
         # taken over. Say so rather than crash.
@@ -168,6 +181,18 @@ def _write_until_taken(
         if control.abandon.wait(delay):
             raise Abandoned(job_id)
         delay = min(delay * 2, RETRY_MAX_S)
+
+
+def _regions_produced(result: EditorResult) -> list[ProducedImage]:
+    """The region of each image as the PNG the job keeps (`region_mask_url`)."""
+    produced = []
+    for region, seed in zip(result.region_masks, result.seeds, strict=False):
+        buffer = io.BytesIO()
+        region.convert("L").save(buffer, format="PNG")
+        produced.append(
+            ProducedImage(buffer.getvalue(), seed, False, "png", region.width, region.height)
+        )
+    return produced
 
 
 def _to_produced(
@@ -250,8 +275,9 @@ class InProcessWorker:
                 "queued jobs wait for a restart"
             )
             return
-        # /health reports the loaded model's version (the playground greys out reasoning).
-        model.loaded(getattr(editor, "model_version", None))
+        # /health reports the loaded model's version (the playground greys out reasoning), its
+        # speed switches and LoRA adapters.
+        model.loaded(*loaded_facts(editor))
         logger.info("model loaded; worker ready")
         try:
             while not self._stop.is_set():

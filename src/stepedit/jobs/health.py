@@ -10,11 +10,13 @@ while either is down (`stepedit.distributed.service.FleetHealth`).
 
 `GET /health` renders any of them the same way: 200 when ready, 503 otherwise, with
 `{"status", "model_version", "reason" (when there is one), ...details}`. Ready is spelled "ok" on
-the wire, as it has been since the first release.
+the wire, as it has been since the first release. A loaded model adds what it runs with
+(`ModelFacts`): the speed switches in effect and the LoRA adapters it preloaded.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import threading
 from collections.abc import Callable, Mapping
@@ -53,6 +55,37 @@ class Health:
         return {**body, **self.details}
 
 
+@dataclass(frozen=True)
+class LoadedLora:
+    """A LoRA adapter the model preloaded (`--lora`), as `GET /v1/loras` lists it: never its
+    file's path (`stepedit.model.lora.LoraSet.info`)."""
+
+    name: str
+    format: str  # "official" | "diffusers"
+    rank: int
+    targets: int  # the Linears it changes
+    default_scale: float  # applied to requests that name no adapters; 0: only on request
+    merged: bool  # merged into the weights (the default set), or run as a low-rank path
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What a loaded model runs with, besides its version: the speed switches in effect
+    (`PipelineEditor.optimizations`, JSON-ready) and its preloaded LoRA adapters."""
+
+    optimizations: Mapping[str, Any] | None = None
+    loras: tuple[LoadedLora, ...] = ()
+
+    def to_details(self) -> dict[str, Any]:
+        return {
+            "optimizations": None if self.optimizations is None else dict(self.optimizations),
+            "loras": [lora.name for lora in self.loras],
+        }
+
+
 class HealthCheck(Protocol):
     """What a `JobService` asks about the process's ability to run jobs."""
 
@@ -69,6 +102,11 @@ class HealthCheck(Protocol):
         """Cheap: ServiceUnavailable when accepted jobs cannot run here at all."""
         ...
 
+    def loaded_loras(self) -> tuple[LoadedLora, ...] | None:
+        """The LoRA adapters requests may name; None while this process does not know them
+        (the model is loading, or it runs elsewhere)."""
+        ...
+
 
 class ModelHealth:
     """The state of the model this process loads; the worker that loads it moves it."""
@@ -78,6 +116,7 @@ class ModelHealth:
         self._status = HealthStatus.LOADING
         self._reason: str | None = None
         self._version = declared_version
+        self._facts: ModelFacts | None = None  # once loaded
         self._listeners: list[Callable[[], None]] = []
 
     def on_change(self, listener: Callable[[], None]) -> None:
@@ -100,11 +139,13 @@ class ModelHealth:
     def status(self) -> HealthStatus:
         return self._status
 
-    def loaded(self, version: str | None = None) -> None:
-        """Ready; `version` is what the loaded model reports (None keeps the declared one)."""
+    def loaded(self, version: str | None = None, facts: ModelFacts | None = None) -> None:
+        """Ready; `version` is what the loaded model reports (None keeps the declared one),
+        `facts` what it runs with."""
         with self._lock:
             self._status, self._reason = HealthStatus.READY, None
             self._version = version or self._version
+            self._facts = facts or ModelFacts()
         self._changed()
 
     def failed(self, reason: str) -> None:
@@ -121,11 +162,16 @@ class ModelHealth:
 
     def health(self) -> Health:
         with self._lock:
-            return Health(self._status, self._reason, self._version)
+            details = {} if self._facts is None else self._facts.to_details()
+            return Health(self._status, self._reason, self._version, details)
 
     def raise_if_failed(self) -> None:
         if self._status is HealthStatus.FAILED:
             raise ServiceUnavailable(f"the model could not be loaded ({self._reason})")
+
+    def loaded_loras(self) -> tuple[LoadedLora, ...] | None:
+        facts = self._facts
+        return None if facts is None else facts.loras
 
 
 def declared_version(settings: Settings) -> str | None:

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
@@ -63,6 +64,9 @@ class JobRecord(Base):
     request_json: Mapped[str] = mapped_column(Text)
     seed: Mapped[int] = mapped_column(Integer)
     input_path: Mapped[str | None] = mapped_column(String(512))
+    # The edit's mask ("L" PNG, white = may change) beside the image, if it came with one; both
+    # are let go of together when the job ends.
+    mask_path: Mapped[str | None] = mapped_column(String(512))
     input_json: Mapped[str | None] = mapped_column(Text)  # the wire request as sent (echoed)
     webhook_url: Mapped[str | None] = mapped_column(String(2048))
     # The webhook outbox entry: pending | sending | delivered | failed. `webhook_due_at` is when
@@ -115,12 +119,20 @@ class JobRecord(Base):
         return self.attempt - (self.attempts_released or 0)
 
 
+class OutputKind(StrEnum):
+    IMAGE = "image"
+    REGION_MASK = "region_mask"
+
+
 class OutputRecord(Base):
     __tablename__ = "job_outputs"
 
     token: Mapped[str] = mapped_column(String(64), primary_key=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
     index: Mapped[int] = mapped_column(Integer)
+    # "image" (None in rows from before kinds), or "region_mask": where an image may have
+    # changed (an "L" PNG; the i-th region mask belongs to the i-th image)
+    kind: Mapped[str | None] = mapped_column(String(16))
     seed: Mapped[int] = mapped_column(Integer)
     nsfw: Mapped[bool] = mapped_column(Boolean, default=False)
     format: Mapped[str] = mapped_column(String(8))

@@ -11,9 +11,10 @@ It is composed of small parts, so the single machine and a fleet run the same se
     job events   in-process                  + PostgreSQL LISTEN/NOTIFY (`jobs/events.py`)
 
 API side (async, called from FastAPI routes; database work runs in a thread):
-    submit(request, image, *, owner, flavour, webhook_url=None, idempotency_key=None,
-           wire_input=None) -> JobView
-        `image` is already validated, normalised PNG/JPEG/WEBP bytes; the API layer has called
+    submit(request, image, *, mask=None, owner, flavour, webhook_url=None,
+           idempotency_key=None, wire_input=None) -> JobView
+        `image` is already validated, normalised PNG/JPEG/WEBP bytes, `mask` (optional) the
+        checked "L" PNG stored beside it (`inputs.check_edit_area`); the API layer has called
         `request.validate(version_spec(request))`; `wire_input` is the request as the client
         sent it (echoed by flavours that show it, e.g. wavespeed's webhook `input`). Raises
         ServiceUnavailable (the model failed to load, the broker or database is down, the
@@ -30,6 +31,7 @@ API side (async, called from FastAPI routes; database work runs in a thread):
     events(job_id, owner) -> async iterator of JobView on every change, ending at a terminal state
     output_path(token) -> Path             NotFound when unknown, deleted or expired (sync)
     version_spec(request) -> VersionSpec | None   the release that will run `request`
+    loaded_loras() / check_loras(request)   the LoRA adapters requests may name
     health() -> Health                     what /health reports
     webhook_secret_for(owner) / rotate_webhook_secret(owner) -> str   (and `_sync` twins)
     register_webhook_renderer(flavour, render), metrics
@@ -61,7 +63,7 @@ import logging
 import shutil
 import threading
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -71,6 +73,7 @@ from sqlalchemy import func
 
 from stepedit.errors import (
     InsufficientStorage,
+    InvalidInput,
     NotFound,
     QueueFull,
     QuotaExceeded,
@@ -79,9 +82,9 @@ from stepedit.errors import (
 )
 from stepedit.jobs.dispatch import Dispatcher, LocalDispatcher
 from stepedit.jobs.events import PROGRESS, STATUS, JobEvents, PostgresListener
-from stepedit.jobs.health import Health, HealthCheck, ModelHealth, declared_version
+from stepedit.jobs.health import Health, HealthCheck, LoadedLora, ModelHealth, declared_version
 from stepedit.jobs.metrics import JobMetrics
-from stepedit.jobs.models import JobRecord, utcnow
+from stepedit.jobs.models import JobRecord, OutputKind, utcnow
 from stepedit.jobs.outbox import Outbox, WebhookOutbox, WebhookRenderer
 from stepedit.jobs.state import JobStatus
 from stepedit.jobs.storage import (
@@ -130,6 +133,7 @@ class ClaimedJob:
     request: EditRequest  # as stored at submit: `seed` is set
     input_path: Path
     attempt: int
+    mask_path: Path | None = None  # the edit's mask ("L" PNG, white = may change), if any
 
 
 @dataclass(frozen=True)
@@ -142,6 +146,18 @@ class ProducedImage:
     format: str
     width: int
     height: int
+
+
+@dataclass(frozen=True)
+class _Inputs:
+    """Where a job's image and mask were stored."""
+
+    image: Path
+    mask: Path | None
+
+    @property
+    def paths(self) -> tuple[Path, Path | None]:
+        return self.image, self.mask
 
 
 @dataclass(frozen=True)
@@ -288,6 +304,26 @@ class JobService:
         version = self.dispatcher.version_for(request) or self.health_check.model_version
         return next((spec for name, spec in VERSIONS.items() if name == version), None)
 
+    def loaded_loras(self) -> tuple[LoadedLora, ...] | None:
+        """The LoRA adapters requests may name (`GET /v1/loras`); None while unknown here."""
+        return self.health_check.loaded_loras()
+
+    def check_loras(self, request: EditRequest) -> None:
+        """InvalidInput(param="loras") for an adapter the model did not preload. Nothing to
+        check while they are not known here (loading, or a fleet's API node): the worker's
+        pipeline refuses the name then, and the job fails with invalid_input."""
+        loaded = self.loaded_loras()
+        if request.loras is None or loaded is None:
+            return
+        names = [lora.name for lora in loaded]
+        unknown = [choice.name for choice in request.loras if choice.name not in names]
+        if unknown:
+            raise InvalidInput(
+                f"loras: {', '.join(map(repr, unknown))} not loaded on this server (loaded: "
+                f"{', '.join(names) or 'none'}; GET /v1/loras lists them)",
+                param="loras",
+            )
+
     def register_webhook_renderer(self, flavour: str, render: WebhookRenderer) -> None:
         self.outbox.register_renderer(flavour, render)
 
@@ -308,6 +344,7 @@ class JobService:
         request: EditRequest,
         image: bytes,
         *,
+        mask: bytes | None = None,
         owner: str | None,
         flavour: str,
         webhook_url: str | None = None,
@@ -318,6 +355,7 @@ class JobService:
             self.submit_sync,
             request,
             image,
+            mask=mask,
             owner=owner,
             flavour=flavour,
             webhook_url=webhook_url,
@@ -407,6 +445,7 @@ class JobService:
         request: EditRequest,
         image: bytes,
         *,
+        mask: bytes | None = None,
         owner: str | None,
         flavour: str,
         webhook_url: str | None = None,
@@ -435,18 +474,18 @@ class JobService:
                     return existing
             self._check_capacity(owner, tokens)
             job_id = uuid.uuid4().hex
-            input_path = self._save_input(job_id, image)
-            record = _new_record(job_id, request, flavour, owner, input_path, tokens, webhook_url,
+            inputs = self._save_inputs(job_id, image, mask)
+            record = _new_record(job_id, request, flavour, owner, inputs, tokens, webhook_url,
                                  idempotency_key, wire_input)  # fmt: skip
             try:
                 view = self.store.add(record)
             except DuplicateKey:  # another API node took the key between our check and insert
-                self.storage.delete(input_path)
+                self._delete_all(inputs.paths)
                 existing = self.store.find_idempotent(owner, idempotency_key or "")
                 assert existing is not None
                 return existing
             except BaseException:
-                self.storage.delete(input_path)
+                self._delete_all(inputs.paths)
                 raise
         self.metrics.submitted.labels(flavour).inc()
         logger.info("job %s: queued (%s)", job_id, flavour)
@@ -519,12 +558,13 @@ class JobService:
         job was stored, temporary files of interrupted writes."""
         cutoff = utcnow() - min_age
         candidates = [f for f in self.storage.stored_files() if f.modified <= cutoff]
-        outputs = {f.path.name.split(".")[0]: f for f in candidates if f.kind == "outputs"}
-        inputs = {f.path.name.split(".")[0]: f for f in candidates if f.kind == "inputs"}
+        named = [(f.path.name.split(".")[0], f) for f in candidates if not f.is_temporary]
+        outputs = {name for name, f in named if f.kind == "outputs"}
+        inputs = {name for name, f in named if f.kind == "inputs"}  # job ids (image and mask)
         keep = self.store.recorded_output_tokens(builtins.list(outputs))
         keep |= self.store.jobs_holding_inputs(builtins.list(inputs))
         orphans = [f for f in candidates if f.is_temporary]
-        orphans += [f for name, f in (*outputs.items(), *inputs.items()) if name not in keep]
+        orphans += [f for name, f in named if name not in keep]
         for orphan in orphans:
             self.storage.delete(orphan.path)
         if orphans:
@@ -575,20 +615,24 @@ class JobService:
         inference_ms: float,
         stages_s: Mapping[str, float] | None = None,
         reasoning: Mapping[str, Any] | None = None,
+        region_masks: Sequence[ProducedImage] = (),
     ) -> JobView:
-        """Store the outputs (named by job, attempt and index) and record the success. A full
-        disk is InsufficientStorage, with no output left behind."""
+        """Store the outputs (named by job, attempt, kind and index) and record the success:
+        the images, and where each may have changed (`region_masks`, "L" PNGs, when the edit
+        had a region). A full disk is InsufficientStorage, with no output left behind."""
         claim = self._claim_of(job_id)
         expires_at = utcnow() + self.settings.output_ttl
         outputs: list[StoredOutput] = []
+        produced = [(OutputKind.IMAGE, images), (OutputKind.REGION_MASK, region_masks)]
         try:
-            for index, image in enumerate(images):
-                token = output_token(claim.output_salt, claim.attempt, index)
-                path = self.storage.save_output(token, image.data, image.format)
-                outputs.append(
-                    StoredOutput(token, str(path), image.seed, image.nsfw, image.format,
-                                 image.width, image.height, expires_at)
-                )  # fmt: skip
+            for kind, files in produced:
+                for index, image in enumerate(files):
+                    token = output_token(claim.output_salt, claim.attempt, index, kind)
+                    path = self.storage.save_output(token, image.data, image.format)
+                    outputs.append(
+                        StoredOutput(token, str(path), image.seed, image.nsfw, image.format,
+                                     image.width, image.height, expires_at, kind)
+                    )  # fmt: skip
             moved = self._finish(
                 job_id,
                 claim,
@@ -725,10 +769,13 @@ class JobService:
             if moved.input_path is None:
                 raise FileNotFoundError(job_id)
             input_path = self.storage.local_path(moved.input_path)
+            mask_path = None
+            if moved.mask_path is not None:
+                mask_path = self.storage.local_path(moved.mask_path)
         except FileNotFoundError:
-            self.fail(job_id, "input_missing", "the job's input image is gone")
+            self.fail(job_id, "input_missing", "the job's input image or mask is gone")
             return None
-        return ClaimedJob(job_id, view.request, input_path, view.attempt)
+        return ClaimedJob(job_id, view.request, input_path, view.attempt, mask_path)
 
     def _move(
         self,
@@ -758,7 +805,7 @@ class JobService:
         logger.info("job %s: %s -> %s (attempt %d)", job_id, expected, target, view.attempt)
         if target.is_terminal:
             self._held.pop(job_id, None)
-            self.storage.delete(moved.input_path)
+            self._delete_all((moved.input_path, moved.mask_path))
             self.metrics.finished.labels(target.value).inc()
             if view.timings.total_ms is not None:
                 self.metrics.job_latency.labels(target.value).observe(view.timings.total_ms / 1000)
@@ -785,12 +832,24 @@ class JobService:
             # Committed, so accepted: a fleet's sweeper sends it once the broker is back.
             logger.warning("job %s: dispatch failed; it will be sent again", view.id)
 
-    def _save_input(self, job_id: str, image: bytes) -> Path:
+    def _save_inputs(self, job_id: str, image: bytes, mask: bytes | None) -> _Inputs:
+        saved: builtins.list[Path] = []
         try:
-            return self.storage.save_input(job_id, image)
+            saved.append(self.storage.save_input(job_id, image))
+            if mask is not None:
+                saved.append(self.storage.save_mask(job_id, mask))
         except InsufficientStorage:
+            self._delete_all(saved)
             self.metrics.rejected.labels("insufficient_storage").inc()
             raise
+        except BaseException:
+            self._delete_all(saved)
+            raise
+        return _Inputs(saved[0], saved[1] if mask is not None else None)
+
+    def _delete_all(self, paths: Iterable[str | Path | None]) -> None:
+        for path in paths:
+            self.storage.delete(path)
 
     def _delete_unrecorded_outputs(self, moved: Moved, attempt: int) -> None:
         if moved.output_salt is None:
@@ -799,6 +858,8 @@ class JobService:
         for index in range(request.num_images):
             token = output_token(moved.output_salt, attempt, index)
             self.storage.delete(self.storage.output_path(token, request.output_format))
+            token = output_token(moved.output_salt, attempt, index, OutputKind.REGION_MASK)
+            self.storage.delete(self.storage.output_path(token, "png"))
 
     def _claim_of(self, job_id: str) -> _Claim:
         """The attempt this process claimed. A claim that was lost stays remembered, so every
@@ -888,7 +949,7 @@ def _new_record(
     request: EditRequest,
     flavour: str,
     owner: str | None,
-    input_path: Path,
+    inputs: _Inputs,
     tokens: int,
     webhook_url: str | None,
     idempotency_key: str | None,
@@ -904,7 +965,8 @@ def _new_record(
         request_json=request.to_json(),
         input_json=None if wire_input is None else json.dumps(compact_wire_input(wire_input)),
         seed=request.seed,  # a copy, for queries
-        input_path=str(input_path),
+        input_path=str(inputs.image),
+        mask_path=None if inputs.mask is None else str(inputs.mask),
         webhook_url=webhook_url,
         webhook_state="pending" if webhook_url else None,
         webhook_attempts=0 if webhook_url else None,

@@ -1,5 +1,8 @@
 """Where images live: uploaded inputs (deleted when their job ends) and outputs.
 
+A job's inputs are its image, `inputs/<job id>.<ext>`, and, when the edit came with one, its
+mask beside it, `inputs/<job id>.mask.png`: the part of a name before its first dot is the job.
+
 Outputs are served at `/files/{token}.{ext}` until they expire (`JobService.cleanup_expired`).
 A token is derived from the job's secret salt (128 random bits, stored with the job before it
 runs), the attempt and the output's index (`output_token`): unguessable, and known before the
@@ -28,6 +31,7 @@ from pathlib import Path
 from typing import Protocol
 
 from stepedit.errors import InsufficientStorage
+from stepedit.jobs.models import OutputKind
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +39,7 @@ _MAGIC = ((b"\x89PNG\r\n\x1a\n", "png"), (b"\xff\xd8\xff", "jpeg"))
 EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
 MEDIA_TYPES = {"png": "image/png", "jpg": "image/jpeg", "jpeg": "image/jpeg", "webp": "image/webp"}
 TMP_SUFFIX = ".tmp"
+MASK_SUFFIX = ".mask"  # inputs/<job id>.mask.png
 _DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 
@@ -59,12 +64,17 @@ def new_output_salt() -> str:
     return secrets.token_hex(16)
 
 
-def output_token(salt: str | None, attempt: int, index: int) -> str:
-    """The token of output `index` of `attempt` (32 characters, 192 bits). A job stored before
-    salts existed (None) gets a random one, as tokens were before."""
+def output_token(
+    salt: str | None, attempt: int, index: int, kind: OutputKind = OutputKind.IMAGE
+) -> str:
+    """The token of output `index` (of its `kind`) of `attempt` (32 characters, 192 bits). A job
+    stored before salts existed (None) gets a random one, as tokens were before."""
     if salt is None:
         return secrets.token_urlsafe(24)
-    digest = hashlib.sha256(f"{salt}:{attempt}:{index}".encode()).digest()
+    name = f"{salt}:{attempt}:{index}"
+    if kind is not OutputKind.IMAGE:
+        name = f"{salt}:{attempt}:{kind.value}:{index}"
+    digest = hashlib.sha256(name.encode()).digest()
     return base64.urlsafe_b64encode(digest[:24]).decode()
 
 
@@ -109,6 +119,10 @@ class Storage(Protocol):
 
     def save_input(self, job_id: str, data: bytes) -> Path: ...
 
+    def save_mask(self, job_id: str, data: bytes) -> Path:
+        """Store the mask of `job_id`'s edit beside its input image."""
+        ...
+
     def save_output(self, token: str, data: bytes, image_format: str) -> Path:
         """Store an output under `token`; returns the path to record (= `output_path`)."""
         ...
@@ -140,6 +154,11 @@ class FileStorage:
 
     def save_input(self, job_id: str, data: bytes) -> Path:
         path = self.inputs_dir / f"{job_id}.{sniff_format(data)}"
+        write_atomically(path, data)
+        return path
+
+    def save_mask(self, job_id: str, data: bytes) -> Path:
+        path = self.inputs_dir / f"{job_id}{MASK_SUFFIX}.{sniff_format(data)}"
         write_atomically(path, data)
         return path
 

@@ -42,7 +42,14 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, Operation
 from sqlalchemy.orm import Session, sessionmaker
 
 from stepedit.errors import InsufficientStorage, NotFound, ServiceUnavailable
-from stepedit.jobs.models import Base, JobRecord, OutputRecord, WebhookSecretRecord, utcnow
+from stepedit.jobs.models import (
+    Base,
+    JobRecord,
+    OutputKind,
+    OutputRecord,
+    WebhookSecretRecord,
+    utcnow,
+)
 from stepedit.jobs.state import JobStatus, check_transition
 from stepedit.jobs.views import (
     ErrorView,
@@ -83,12 +90,13 @@ class DuplicateKey(Exception):
 
 @dataclass(frozen=True)
 class Moved:
-    """A job just moved by `transition`: its view, the input it held until then, and what its
-    output names are derived from."""
+    """A job just moved by `transition`: its view, the input (image and mask) it held until
+    then, and what its output names are derived from."""
 
     view: JobView
     input_path: str | None
     output_salt: str | None = None
+    mask_path: str | None = None
 
 
 @dataclass(frozen=True)
@@ -130,6 +138,7 @@ class StoredOutput:
     width: int
     height: int
     expires_at: datetime
+    kind: OutputKind = OutputKind.IMAGE
 
 
 class JobStore:
@@ -218,14 +227,14 @@ class JobStore:
             if _rowcount(session.execute(guarded)) != 1:
                 return None
             record = _get(session, job_id)  # row-locked by the UPDATE until commit
-            input_path = record.input_path
+            input_path, mask_path = record.input_path, record.mask_path
             if target.is_terminal:
-                record.input_path = None
+                record.input_path = record.mask_path = None
             for index, output in enumerate(outputs):
                 record.outputs.append(_output_record(job_id, index, output))
             session.flush()
             self.notify(session, job_id, "s")
-            return Moved(self._view(record), input_path, record.output_salt)
+            return Moved(self._view(record), input_path, record.output_salt, mask_path)
 
     # ---------------------------------------------------------------- other writes
 
@@ -445,13 +454,12 @@ class JobStore:
                 )
             ).all():
                 paths[job_id].append(path)
-            for job_id, input_path in session.execute(
-                select(JobRecord.id, JobRecord.input_path).where(
+            for job_id, input_path, mask_path in session.execute(
+                select(JobRecord.id, JobRecord.input_path, JobRecord.mask_path).where(
                     JobRecord.id.in_(ids), JobRecord.input_path.is_not(None)
                 )
             ).all():
-                if input_path is not None:
-                    paths[job_id].append(input_path)
+                paths[job_id].extend(path for path in (input_path, mask_path) if path is not None)
             session.execute(delete(OutputRecord).where(OutputRecord.job_id.in_(ids)))
             session.execute(delete(JobRecord).where(JobRecord.id.in_(ids)))
         return [ExpiredJob(job_id, tuple(found)) for job_id, found in paths.items()]
@@ -606,19 +614,20 @@ class JobStore:
     # ---------------------------------------------------------------- records as views
 
     def _view(self, record: JobRecord) -> JobView:
-        outputs = tuple(
-            OutputView(
-                token=o.token,
-                url=f"{self.base_url}/files/{Path(o.path).name}",
-                seed=o.seed,
-                nsfw=o.nsfw,
-                format=o.format,
-                width=o.width,
-                height=o.height,
-                expires_at=o.expires_at,
+        outputs: dict[OutputKind, list[OutputView]] = {kind: [] for kind in OutputKind}
+        for o in record.outputs:
+            outputs[OutputKind(o.kind or OutputKind.IMAGE)].append(
+                OutputView(
+                    token=o.token,
+                    url=f"{self.base_url}/files/{Path(o.path).name}",
+                    seed=o.seed,
+                    nsfw=o.nsfw,
+                    format=o.format,
+                    width=o.width,
+                    height=o.height,
+                    expires_at=o.expires_at,
+                )
             )
-            for o in record.outputs
-        )
         error = (
             ErrorView(record.error_code, record.error_message or "") if record.error_code else None
         )
@@ -649,7 +658,8 @@ class JobStore:
             progress=ProgressView(
                 record.progress_step, record.progress_total, record.progress_stage
             ),
-            outputs=outputs,
+            outputs=tuple(outputs[OutputKind.IMAGE]),
+            region_masks=tuple(outputs[OutputKind.REGION_MASK]),
             prompt_used=record.prompt_used,
             passes=tuple(json.loads(record.passes_json or "[]")),
             error=error,
@@ -730,6 +740,7 @@ def _output_record(job_id: str, index: int, output: StoredOutput) -> OutputRecor
         token=output.token,
         job_id=job_id,
         index=index,
+        kind=output.kind.value,
         seed=output.seed,
         nsfw=output.nsfw,
         format=output.format,
@@ -787,7 +798,9 @@ _LATER_COLUMNS = {
         "idempotency_scope": "VARCHAR(64)",
         "attempts_released": "INTEGER",
         "output_salt": "VARCHAR(64)",
-    }
+        "mask_path": "VARCHAR(512)",
+    },
+    "job_outputs": {"kind": "VARCHAR(16)"},
 }
 _LATER_INDEXES = (
     "CREATE UNIQUE INDEX IF NOT EXISTS ix_jobs_idempotency_scope ON jobs (idempotency_scope)",

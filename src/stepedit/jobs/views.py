@@ -84,6 +84,9 @@ class JobView:
     # The wire request as the client sent it (large inline images elided), for flavours that
     # echo it (wavespeed's `input`); None when the API layer did not pass it.
     wire_input: dict[str, Any] | None = None
+    # Where each output may have changed ("L" PNGs, the i-th for the i-th output), when the
+    # edit had a region: a mask, an outpaint or preserve_unedited's estimate (docs/regions.md).
+    region_masks: tuple[OutputView, ...] = ()
 
     @property
     def is_terminal(self) -> bool:
@@ -105,7 +108,10 @@ def to_native_dict(view: JobView) -> dict[str, Any]:
         "request": dataclasses.asdict(view.request),
         "seed": view.seed,
         "progress": dataclasses.asdict(view.progress),
-        "outputs": [{"url": o.url, "seed": o.seed, "nsfw": o.nsfw} for o in view.outputs],
+        "outputs": [
+            {"url": o.url, "seed": o.seed, "nsfw": o.nsfw, "region_mask_url": region_mask_url}
+            for o, region_mask_url in zip(view.outputs, region_mask_urls(view), strict=True)
+        ],
         "prompt_used": view.prompt_used,
         "passes": list(view.passes),
         "reasoning": view.reasoning,
@@ -118,6 +124,12 @@ def to_native_dict(view: JobView) -> dict[str, Any]:
         },
         "webhook": to_webhook_dict(view.webhook),
     }
+
+
+def region_mask_urls(view: JobView) -> list[str | None]:
+    """Per output, the URL of its region mask (None where the edit had no region)."""
+    urls = [mask.url for mask in view.region_masks]
+    return [urls[i] if i < len(urls) else None for i in range(len(view.outputs))]
 
 
 def to_webhook_dict(webhook: WebhookView | None) -> dict[str, Any] | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from stepedit.api.protocol import region_options
 from stepedit.api.serving import Call, Submission
 from stepedit.errors import InvalidInput
 from stepedit.inputs import check_prompt
@@ -34,6 +35,7 @@ class GenerationsAdapter:
         return Submission(
             request=to_edit_request(body),
             image=body.image,
+            mask=body.mask,
             wait_s=SYNC_WAIT_S,
             base64_outputs=body.response_format == "b64_json",
             wire_names=WIRE_NAMES,
@@ -63,6 +65,7 @@ def to_edit_request(body: GenerationRequest) -> EditRequest:
         enable_thinking=body.enable_thinking,
         enable_reflection=body.enable_reflection,
         enhance_prompt=body.enhance_prompt,
+        **region_options(body),
     )
 
 

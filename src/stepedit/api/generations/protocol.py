@@ -7,7 +7,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, Field
 
-from stepedit.api.protocol import WireModel
+from stepedit.api.protocol import MaskSource, PreserveOutsideMask, PreserveUnedited, WireModel
 from stepedit.request import MAX_IMAGES_PER_REQUEST, MAX_SEED
 
 NAME = "generations"
@@ -39,6 +39,10 @@ class GenerationRequest(WireModel):
     enable_thinking: bool | None = None
     enable_reflection: bool | None = None
     enhance_prompt: bool = False
+    # Issue 13's regions, on every flavour (docs/regions.md).
+    mask: MaskSource = None
+    preserve_outside_mask: PreserveOutsideMask = True
+    preserve_unedited: PreserveUnedited = False
 
 
 class GenerationData(BaseModel):

@@ -12,10 +12,11 @@ from typing import Any
 
 from PIL import Image
 
+from stepedit.api.protocol import region_options
 from stepedit.api.serving import Call, Submission
 from stepedit.inputs import check_prompt
 from stepedit.jobs.views import JobView, to_native_dict
-from stepedit.request import EditRequest
+from stepedit.request import EditRequest, LoraChoice
 from stepedit.settings import Settings
 
 from .protocol import NAME, JobCreate, PromptEnhanceIn, PromptEnhanceOut
@@ -35,6 +36,7 @@ class JobCreateAdapter:
         return Submission(
             request=to_edit_request(body),
             image=call.upload if call.upload is not None else body.image,
+            mask=call.mask_upload if call.mask_upload is not None else body.mask,
             webhook_url=body.webhook_url,
             webhook_param="webhook_url",
         )
@@ -68,8 +70,12 @@ class PromptEnhanceAdapter:
 
 
 def to_edit_request(body: JobCreate) -> EditRequest:
+    is_outpaint = body.outpaint_padding is not None or body.outpaint_aspect_ratio is not None
+    loras = None
+    if body.loras is not None:
+        loras = tuple(LoraChoice(lora.name, lora.scale) for lora in body.loras)
     return EditRequest(
-        prompt=check_prompt(body.prompt),
+        prompt=check_prompt(body.prompt, allow_empty=is_outpaint),
         negative_prompt=check_prompt(
             body.negative_prompt, param="negative_prompt", allow_empty=True
         ),
@@ -86,6 +92,10 @@ def to_edit_request(body: JobCreate) -> EditRequest:
         cfg_rescale=body.cfg_rescale,
         output_format=body.output_format,
         model=body.model,
+        outpaint_padding=body.outpaint_padding,
+        outpaint_aspect_ratio=body.outpaint_aspect_ratio,
+        loras=loras,
+        **region_options(body),
     )
 
 

@@ -1,18 +1,52 @@
 """Wire models of the native job API: `JobCreate` in, `JobOut` out (CONTRACTS.md JobView).
 
-The fields are EditRequest's, under its own names, with their ranges.
+The fields are EditRequest's, under its own names, with their ranges; the mask travels beside
+them as the image does (a file part, or a string).
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+import json
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, Field, field_validator
 
-from stepedit.api.protocol import WireModel
-from stepedit.request import MAX_IMAGES_PER_REQUEST, MAX_PROMPT_CHARS, MAX_SEED, CfgRescale
+from stepedit.api.protocol import (
+    MaskSource,
+    OutpaintAspectRatio,
+    OutpaintPadding,
+    PreserveOutsideMask,
+    PreserveUnedited,
+    WireModel,
+)
+from stepedit.request import (
+    LORA_NAME_PATTERN,
+    MAX_IMAGES_PER_REQUEST,
+    MAX_LORA_SCALE,
+    MAX_LORAS_PER_REQUEST,
+    MAX_PROMPT_CHARS,
+    MAX_SEED,
+    CfgRescale,
+)
 
 NAME = "native"
+
+
+class LoraIn(BaseModel):
+    """One preloaded adapter, by name (never a path or a URL), and its scale."""
+
+    name: str = Field(pattern=f"^{LORA_NAME_PATTERN}$", description="As GET /v1/loras lists it")
+    scale: float = Field(default=1.0, ge=-MAX_LORA_SCALE, le=MAX_LORA_SCALE)
+
+
+def _loras_from_text(value: object) -> object:
+    """A multipart field carries the list as JSON text."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        raise ValueError('expected a JSON list such as [{"name": "hands", "scale": 0.8}]') from None
 
 
 class JobCreate(WireModel):
@@ -20,7 +54,12 @@ class JobCreate(WireModel):
 
     flavour: ClassVar[str] = NAME
 
-    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
+    prompt: str = Field(
+        default="",
+        max_length=MAX_PROMPT_CHARS,
+        description="The edit instruction; required, except with an outpaint (what the new "
+        "area shows; a default instruction otherwise)",
+    )
     negative_prompt: str = Field(default="", max_length=MAX_PROMPT_CHARS)
     image: str | None = Field(
         default=None, description="data URI, raw base64 or a public http(s) URL"
@@ -48,6 +87,18 @@ class JobCreate(WireModel):
         description="model version to run, e.g. v1.2 (default: the server's); routes the job "
         "to that version's workers when several serve one fleet",
     )
+    # Regions (docs/regions.md): the mask as the image (a file part, or a string).
+    mask: MaskSource = None
+    preserve_outside_mask: PreserveOutsideMask = True
+    preserve_unedited: PreserveUnedited = False
+    outpaint_padding: OutpaintPadding = None
+    outpaint_aspect_ratio: OutpaintAspectRatio = None
+    loras: Annotated[list[LoraIn] | None, BeforeValidator(_loras_from_text)] = Field(
+        default=None,
+        max_length=MAX_LORAS_PER_REQUEST,
+        description="LoRA adapters the server preloaded (GET /v1/loras), by name, with a scale "
+        "each; omitted: the server's default set; []: none. Multipart: the list as JSON text.",
+    )
 
     @field_validator("size_level", mode="before")
     @classmethod
@@ -64,6 +115,27 @@ class JobCreateJSON(JobCreate):
     image: str = Field(description="data URI, raw base64 or a public http(s) URL")
 
 
+class LoraOut(BaseModel):
+    """A preloaded LoRA adapter (never its file's path)."""
+
+    name: str
+    format: Literal["official", "diffusers"]
+    rank: int = Field(description="The largest rank of its low-rank changes")
+    targets: int = Field(description="How many Linear layers of the DiT it changes")
+    default_scale: float = Field(
+        description="The scale applied to requests that name no adapters (0: only on request)"
+    )
+    merged: bool = Field(
+        description="Merged into the weights (the default set); otherwise run as a low-rank "
+        "path for the requests that select it"
+    )
+
+
+class LoraList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[LoraOut]
+
+
 class ProgressOut(BaseModel):
     step: int
     total_steps: int
@@ -74,6 +146,11 @@ class OutputOut(BaseModel):
     url: str
     seed: int
     nsfw: bool
+    region_mask_url: str | None = Field(
+        default=None,
+        description="Where this output may have changed (a grey PNG, white = changed), when the "
+        "edit had a region: a mask, an outpaint, or preserve_unedited's estimate",
+    )
 
 
 class ErrorOut(BaseModel):

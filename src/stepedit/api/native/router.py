@@ -1,5 +1,5 @@
-"""The native job API (CONTRACTS.md): create, list, get, cancel, progress as SSE, and the
-prompt enhancer alone."""
+"""The native job API (CONTRACTS.md): create, list, get, cancel, progress as SSE, the prompt
+enhancer alone, and the LoRA adapters a request may name."""
 
 from __future__ import annotations
 
@@ -19,12 +19,22 @@ from stepedit.api.bodies import (
     validate_fields,
 )
 from stepedit.api.deps import AUTHENTICATED, Jobs, Owner
+from stepedit.api.protocol import MASK_DESCRIPTION
 from stepedit.api.serving import Call, CallDep, EditServing, handler_for
-from stepedit.errors import UnsupportedMediaType
+from stepedit.errors import ServiceUnavailable, UnsupportedMediaType
 
 from .adapter import JobCreateAdapter, PromptEnhanceAdapter, to_job_out
 from .errors import ERRORS
-from .protocol import JobCreate, JobCreateJSON, JobList, JobOut, PromptEnhanceIn, PromptEnhanceOut
+from .protocol import (
+    JobCreate,
+    JobCreateJSON,
+    JobList,
+    JobOut,
+    LoraList,
+    LoraOut,
+    PromptEnhanceIn,
+    PromptEnhanceOut,
+)
 
 router = APIRouter(prefix="/v1", dependencies=AUTHENTICATED)
 CreateHandler = Annotated[
@@ -60,10 +70,15 @@ _CREATE_BODY: dict[str, Any] = {
             "multipart/form-data": {
                 "schema": {
                     "type": "object",
-                    "required": ["image", "prompt"],
+                    "required": ["image"],
                     "properties": {
                         **JobCreate.model_json_schema()["properties"],
                         "image": {"type": "string", "format": "binary"},
+                        "mask": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": MASK_DESCRIPTION + " A file part, or a string.",
+                        },
                     },
                 }
             },
@@ -144,6 +159,23 @@ async def job_events(job_id: str, jobs: Jobs, owner: Owner) -> StreamingResponse
     return StreamingResponse(
         stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
     )
+
+
+@router.get(
+    "/loras",
+    response_model=LoraList,
+    tags=["loras"],
+    summary="The LoRA adapters this server preloaded (--lora), which requests name in `loras`",
+    responses=ERRORS.responses(401, 503),
+)
+async def list_loras(jobs: Jobs) -> LoraList:
+    loaded = jobs.loaded_loras()
+    if loaded is None:
+        raise ServiceUnavailable(
+            "the adapters are known once the model has loaded on this server (a fleet's API "
+            "node loads none)"
+        )
+    return LoraList(data=[LoraOut(**lora.to_dict()) for lora in loaded])
 
 
 @router.post(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from stepedit.api.protocol import region_options
 from stepedit.api.serving import Call, Submission
 from stepedit.errors import InvalidInput
 from stepedit.inputs import OPENAI_EDITS_RULES, check_prompt
@@ -42,6 +43,7 @@ class OpenAIEditsAdapter:
         return Submission(
             request=to_edit_request(form),
             image=call.upload,
+            mask=call.mask_upload,
             image_rules=OPENAI_EDITS_RULES,
             wait_s=SYNC_WAIT_S,
             base64_outputs=form.response_format == "b64_json",
@@ -69,6 +71,7 @@ def to_edit_request(form: ImageEditForm) -> EditRequest:
         enable_thinking=form.enable_thinking,
         enable_reflection=form.enable_reflection,
         enhance_prompt=form.enhance_prompt,
+        **region_options(form),
     )
 
 

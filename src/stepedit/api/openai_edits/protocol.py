@@ -6,7 +6,7 @@ from typing import ClassVar, Literal
 
 from pydantic import BaseModel, Field
 
-from stepedit.api.protocol import WireModel
+from stepedit.api.protocol import PreserveOutsideMask, PreserveUnedited, WireModel
 from stepedit.request import MAX_SEED
 
 NAME = "openai_edits"
@@ -22,7 +22,7 @@ class ImageEditForm(WireModel):
     logged): the `openai` client sends `extra_body` entries as more form fields."""
 
     flavour: ClassVar[str] = NAME
-    known_keys: ClassVar[frozenset[str]] = frozenset({"image", "image[]"})  # the file
+    known_keys: ClassVar[frozenset[str]] = frozenset({"image", "image[]", "mask"})  # files
 
     model: str = Field(
         description=f"Model name (currently {MODEL_ID}).", json_schema_extra={"enum": [MODEL_ID]}
@@ -43,6 +43,9 @@ class ImageEditForm(WireModel):
     enable_thinking: bool | None = None
     enable_reflection: bool | None = None
     enhance_prompt: bool = False
+    # Issue 13's regions, on every flavour (docs/regions.md); the mask is a file part, `mask`.
+    preserve_outside_mask: PreserveOutsideMask = True
+    preserve_unedited: PreserveUnedited = False
 
 
 class ImageEditData(BaseModel):

@@ -9,7 +9,9 @@ import fastapi
 from fastapi import APIRouter, Depends, File, Form, Request
 from starlette.datastructures import UploadFile
 
+from stepedit.api.bodies import form_file
 from stepedit.api.deps import AUTHENTICATED
+from stepedit.api.protocol import MASK_DESCRIPTION
 from stepedit.api.serving import CallDep, EditServing, handler_for
 from stepedit.errors import InvalidInput
 
@@ -46,6 +48,22 @@ async def read_image_file(
     return sent[0]
 
 
+async def read_mask_file(
+    request: Request,
+    mask: Annotated[
+        fastapi.UploadFile | None,
+        File(description=MASK_DESCRIPTION + " Same format and size limits as the image."),
+    ] = None,
+) -> UploadFile | None:
+    """The optional mask file (`mask`, as OpenAI's image edits name it); one at most, and a file
+    (a text field of that name is refused rather than ignored)."""
+    form = await request.form()
+    sent = form.getlist("mask")
+    if any(not isinstance(value, UploadFile) for value in sent):
+        raise InvalidInput("The mask must be sent as a file.", param="mask")
+    return await form_file(request, "mask")
+
+
 @router.post(
     "",
     summary="Edit an image (StepFun step-1x-edit, OpenAI-style)",
@@ -61,7 +79,8 @@ async def read_image_file(
 async def edit_image(
     form: Annotated[ImageEditForm, Form()],
     image: Annotated[UploadFile, Depends(read_image_file)],
+    mask: Annotated[UploadFile | None, Depends(read_mask_file)],
     call: CallDep,
     handler: Handler,
 ) -> ImageEditResponse:
-    return await handler.edit(form, replace(call, upload=image))
+    return await handler.edit(form, replace(call, upload=image, mask_upload=mask))

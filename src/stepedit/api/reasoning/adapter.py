@@ -1,13 +1,15 @@
 """Seed 004 wire models <-> EditRequest / JobView.
 
-The wire's names: `steps` is EditRequest's num_inference_steps. Every accepted operation is an
-instruction edit; the response says which passes (`stepedit.request.Pass`) ran.
+The wire's names: `steps` is EditRequest's num_inference_steps. img2img, edit and
+style_transfer are instruction edits, inpaint one confined to its mask, outpaint one that
+extends the canvas; the response says which passes (`stepedit.request.Pass`) ran.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+from stepedit.api.protocol import region_options
 from stepedit.api.serving import Call, Submission
 from stepedit.errors import InvalidInput
 from stepedit.inputs import check_prompt
@@ -16,10 +18,11 @@ from stepedit.request import EditRequest, Pass
 from stepedit.settings import Settings
 
 from .protocol import (
-    INSTRUCTION_OPERATIONS,
+    INPAINT,
     MODEL_ID,
     NAME,
-    UNSUPPORTED_OPERATIONS,
+    OPERATIONS,
+    OUTPAINT,
     PassReport,
     ReasoningEditRequest,
     ReasoningEditResponse,
@@ -39,9 +42,12 @@ class ReasoningAdapter:
         self.settings = settings
 
     def to_submission(self, body: ReasoningEditRequest, call: Call) -> Submission:
+        mask = call.mask_upload if call.mask_upload is not None else body.mask
+        check_operation_inputs(check_operation(body.operation), body, has_mask=bool(mask))
         return Submission(
             request=to_edit_request(body),
             image=call.upload if call.upload is not None else body.image,
+            mask=mask,
             wait_s=SYNC_WAIT_S,
             base64_outputs=body.response_format == "b64_json",
             wire_names=WIRE_NAMES,
@@ -60,18 +66,38 @@ class ReasoningAdapter:
 
 def check_operation(operation: str) -> str:
     name = operation.strip().lower()
-    if name in INSTRUCTION_OPERATIONS:
+    if name in OPERATIONS:
         return name
-    supported = ", ".join(INSTRUCTION_OPERATIONS)
-    if name in UNSUPPORTED_OPERATIONS:
-        raise InvalidInput(
-            f"operation {name!r} is not supported: {UNSUPPORTED_OPERATIONS[name]}. Describe the "
-            f"change in the prompt and use one of: {supported}.",
-            param="operation",
-        )
     raise InvalidInput(
-        f"Unknown operation {operation!r}; use one of: {supported}.", param="operation"
+        f"Unknown operation {operation!r}; use one of: {', '.join(OPERATIONS)}.",
+        param="operation",
     )
+
+
+def check_operation_inputs(operation: str, body: ReasoningEditRequest, *, has_mask: bool) -> None:
+    """A mask comes with inpaint and only with it; outpaint fields with outpaint and only it."""
+    if operation == INPAINT and not has_mask:
+        raise InvalidInput(
+            "operation 'inpaint' needs a mask (white = may change): a file part, a URL, a data "
+            "URI or base64.",
+            param="mask",
+        )
+    if operation != INPAINT and has_mask:
+        raise InvalidInput(
+            f"a mask is taken with operation 'inpaint', not {operation!r}.", param="mask"
+        )
+    has_outpaint = body.outpaint_padding is not None or body.outpaint_aspect_ratio is not None
+    if operation == OUTPAINT and not has_outpaint:
+        raise InvalidInput(
+            "operation 'outpaint' needs outpaint_padding (pixels added left, top, right, "
+            "bottom) or outpaint_aspect_ratio (e.g. 16:9).",
+            param="outpaint_padding",
+        )
+    if operation != OUTPAINT and has_outpaint:
+        param = "outpaint_padding" if body.outpaint_padding is not None else "outpaint_aspect_ratio"
+        raise InvalidInput(
+            f"{param} is taken with operation 'outpaint', not {operation!r}.", param=param
+        )
 
 
 def to_edit_request(body: ReasoningEditRequest) -> EditRequest:
@@ -79,9 +105,9 @@ def to_edit_request(body: ReasoningEditRequest) -> EditRequest:
         raise InvalidInput(
             f"The model {body.model!r} does not exist; use {MODEL_ID!r}.", param="model"
         )
-    check_operation(body.operation)
+    operation = check_operation(body.operation)
     return EditRequest(
-        prompt=check_prompt(body.prompt),
+        prompt=check_prompt(body.prompt, allow_empty=operation == OUTPAINT),
         negative_prompt=check_prompt(
             body.negative_prompt, param="negative_prompt", allow_empty=True
         ),
@@ -91,6 +117,9 @@ def to_edit_request(body: ReasoningEditRequest) -> EditRequest:
         enable_thinking=body.enable_thinking,
         enable_reflection=body.enable_reflection,
         enhance_prompt=body.enhance_prompt,
+        outpaint_padding=body.outpaint_padding,
+        outpaint_aspect_ratio=body.outpaint_aspect_ratio,
+        **region_options(body),
     )
 
 

@@ -2,7 +2,9 @@
 
 The seed publishes the request fields (image, model, prompt, operation, enable_thinking,
 enable_reflection, steps default 50, guidance_scale default 6.0) but not a response; the
-response below is stepedit's, designed to say plainly which passes ran.
+response below is stepedit's, designed to say plainly which passes ran. Its operations include
+inpaint and outpaint; their inputs are stepedit's own fields, named as the native API names them
+(`mask`, `outpaint_padding`, `outpaint_aspect_ratio`; docs/regions.md).
 """
 
 from __future__ import annotations
@@ -11,7 +13,14 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, Field
 
-from stepedit.api.protocol import WireModel
+from stepedit.api.protocol import (
+    MaskSource,
+    OutpaintAspectRatio,
+    OutpaintPadding,
+    PreserveOutsideMask,
+    PreserveUnedited,
+    WireModel,
+)
 from stepedit.request import MAX_SEED
 
 NAME = "reasoning"
@@ -20,11 +29,9 @@ ResponseFormat = Literal["url", "b64_json"]
 
 # Operations Step1X-Edit does as an instruction edit (the prompt says what to change).
 INSTRUCTION_OPERATIONS = ("img2img", "edit", "style_transfer")
-# Operations that need inputs Step1X-Edit does not take (a mask, a larger canvas).
-UNSUPPORTED_OPERATIONS = {
-    "inpaint": "it needs a mask, which Step1X-Edit does not take",
-    "outpaint": "it needs a larger canvas, which Step1X-Edit does not produce",
-}
+# The edit confined to a mask, and the picture extended beyond its borders (docs/regions.md).
+INPAINT, OUTPAINT = "inpaint", "outpaint"
+OPERATIONS = (*INSTRUCTION_OPERATIONS, INPAINT, OUTPAINT)
 
 
 class ReasoningEditRequest(WireModel):
@@ -36,15 +43,18 @@ class ReasoningEditRequest(WireModel):
     model: str = Field(
         MODEL_ID, description=f"The model: {MODEL_ID}.", json_schema_extra={"enum": [MODEL_ID]}
     )
-    prompt: str = Field(description="The edit instruction.")
+    prompt: str = Field(
+        "", description="The edit instruction (outpaint: optional, what the new area shows)."
+    )
     image: str | None = Field(
         default=None,
         description="JSON: an http(s) URL, a data URI or raw base64. Multipart: the image file.",
     )
     operation: str = Field(
         "img2img",
-        description="img2img (default), edit or style_transfer: an instruction edit. "
-        "inpaint and outpaint are refused (no mask or canvas input).",
+        description="img2img (default), edit or style_transfer: an instruction edit. inpaint: "
+        "the edit confined to `mask` (required). outpaint: the picture extended by "
+        "`outpaint_padding` or to `outpaint_aspect_ratio` (one is required).",
     )
     enable_thinking: bool | None = Field(
         default=None,
@@ -62,6 +72,12 @@ class ReasoningEditRequest(WireModel):
     )
     response_format: ResponseFormat = "url"
     enhance_prompt: bool = False
+    # Issue 13's regions (docs/regions.md). Multipart: the mask may be a file part, `mask`.
+    mask: MaskSource = None
+    outpaint_padding: OutpaintPadding = None
+    outpaint_aspect_ratio: OutpaintAspectRatio = None
+    preserve_outside_mask: PreserveOutsideMask = True
+    preserve_unedited: PreserveUnedited = False
 
 
 class ReasoningImage(BaseModel):

@@ -15,6 +15,7 @@ from stepedit.api.bodies import (
     validate_fields,
 )
 from stepedit.api.deps import AUTHENTICATED
+from stepedit.api.protocol import MASK_DESCRIPTION
 from stepedit.api.serving import Call, EditServing, handler_for
 
 from .adapter import ReasoningAdapter
@@ -38,6 +39,11 @@ def _request_body_schema() -> dict[str, Any]:
     json_schema = ReasoningEditRequest.model_json_schema()
     form_schema = json.loads(json.dumps(json_schema))
     form_schema["properties"]["image"] = {"type": "string", "format": "binary"}
+    form_schema["properties"]["mask"] = {
+        "type": "string",
+        "format": "binary",
+        "description": MASK_DESCRIPTION + " A file part (or a URL, data URI or base64 text).",
+    }
     form_schema["required"] = [*form_schema.get("required", []), "image"]
     return {
         "requestBody": {

@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from stepedit.api.protocol import region_options
 from stepedit.api.serving import Call, Submission
 from stepedit.errors import InvalidInput
 from stepedit.inputs import check_prompt
@@ -56,6 +57,7 @@ class WavespeedAdapter:
         return Submission(
             request=to_edit_request(body),
             image=body.image,
+            mask=body.mask,
             webhook_url=call.webhook_url,
             wait_s=SYNC_WAIT_S if body.enable_sync_mode else None,
             raise_unless_succeeded=False,  # a failed prediction is reported in its `data`
@@ -83,6 +85,7 @@ def to_edit_request(body: WavespeedEditRequest) -> EditRequest:
         enable_thinking=body.enable_thinking,
         enable_reflection=body.enable_reflection,
         enhance_prompt=body.enhance_prompt,
+        **region_options(body),
     )
 
 

@@ -6,7 +6,7 @@ from typing import ClassVar, Literal
 
 from pydantic import BaseModel, Field
 
-from stepedit.api.protocol import WireModel
+from stepedit.api.protocol import MaskSource, PreserveOutsideMask, PreserveUnedited, WireModel
 from stepedit.request import MAX_SEED
 
 NAME = "wavespeed"
@@ -20,7 +20,10 @@ class WavespeedEditRequest(WireModel):
     flavour: ClassVar[str] = NAME
 
     prompt: str = Field(description="The positive prompt for the generation.")
-    image: str = Field(description="The image to edit: a public URL, a data URI or raw base64.")
+    image: str = Field(
+        description="The image to edit: a public URL, a data URI or raw base64. Needs to match "
+        "the dimensions of the mask, when one is sent."
+    )
     negative_prompt: str = Field("", description="The negative prompt for the generation.")
     seed: int | None = Field(
         -1, ge=-1, le=MAX_SEED, description="The random seed; -1 (or empty) for a random one."
@@ -37,6 +40,10 @@ class WavespeedEditRequest(WireModel):
     enable_thinking: bool | None = Field(None, description="v1.2: run the thinking pass.")
     enable_reflection: bool | None = Field(None, description="v1.2: run the reflection pass.")
     enhance_prompt: bool = Field(False, description="Rewrite the prompt with the prompt enhancer.")
+    # Issue 13's regions, on every flavour (docs/regions.md).
+    mask: MaskSource = None
+    preserve_outside_mask: PreserveOutsideMask = True
+    preserve_unedited: PreserveUnedited = False
 
 
 class PredictionUrls(BaseModel):
