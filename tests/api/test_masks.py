@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import io
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -24,10 +23,10 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
+from tiny_app import TINY_MODEL, download, in_process, wait_for_job  # type: ignore[import-not-found]
 
-from stepedit.api.app import create_app
 from stepedit.cli import main
-from stepedit.engine import FakeEditor, InProcessWorker, load_editor
+from stepedit.engine import FakeEditor
 from stepedit.jobs.service import JobService
 from stepedit.settings import Settings
 
@@ -101,14 +100,8 @@ def finished_native(client: TestClient, response: httpx.Response) -> httpx.Respo
     """The native API answers at once; the tests compare what reached the editor, so wait."""
     if response.status_code != 202:
         return response
-    job_id = response.json()["id"]
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        job = client.get(f"/v1/jobs/{job_id}")
-        if job.json()["status"] in ("succeeded", "failed", "canceled"):
-            return job
-        time.sleep(0.02)
-    raise AssertionError(f"job {job_id} did not finish")
+    wait_for_job(client, response.json()["id"])
+    return client.get(f"/v1/jobs/{response.json()['id']}")
 
 
 def send_wavespeed(
@@ -420,13 +413,12 @@ def test_outpaint_beyond_the_flavours_size_limit_is_refused_at_submit(
 
 # --- the tiny random model, end to end ------------------------------------------------------------
 
-MODEL = "dummy:tiny-v1.1"
+MODEL = TINY_MODEL
 STEPS, LEVEL, SEED = 2, 512, 11
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
-    """The real app, job service and in-process worker over the tiny random model (CPU)."""
     settings = Settings(
         model=MODEL,
         device="cpu",
@@ -434,23 +426,8 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
         safety_checker=False,
         public_base_url="http://testserver",
     )
-    service = JobService(settings)
-    worker = InProcessWorker(service, lambda: load_editor(settings), poll_s=0.05)
-    worker.start()
-    deadline = time.monotonic() + 300
-    while not service.is_ready and time.monotonic() < deadline:
-        assert worker.load_error is None, worker.load_error
-        time.sleep(0.05)
-    with TestClient(create_app(settings, service)) as client:
+    with in_process(settings) as client:
         yield client
-    worker.stop()
-    service.close()
-
-
-def download(client: TestClient, url: str) -> Image.Image:
-    response = client.get(url)
-    assert response.status_code == 200, response.text
-    return Image.open(io.BytesIO(response.content))
 
 
 def cli_edit(tmp_path: Path, image: Image.Image, *args: str) -> Image.Image:

@@ -6,12 +6,14 @@ Several fleet `JobService`s over one database stand in for several machines; no 
 from __future__ import annotations
 
 import asyncio
+import io
 import threading
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image
 from sqlalchemy import update
 
 from stepedit.distributed.config import DistributedSettings
@@ -173,6 +175,36 @@ def test_redelivered_job_is_taken_over_only_from_a_dead_worker(services: Any) ->
     assert view.status == JobStatus.SUCCEEDED
     assert [o.seed for o in api.get_sync(job_id, None).outputs] == [7]
     assert view.attempt == 2
+
+
+def test_a_mask_travels_with_its_job_to_the_worker_that_takes_it_over(
+    services: Any, settings: DistributedSettings
+) -> None:
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (0, 0, 32, 64))
+    buffer = io.BytesIO()
+    mask.save(buffer, format="PNG")
+    api, first, second = services("api"), services(), services()
+    request = EditRequest(prompt="paint the left half", num_inference_steps=2, seed=7)
+    job_id = api.submit_sync(
+        request, png(), mask=buffer.getvalue(), owner=None, flavour="native"
+    ).id
+    heartbeat(first, "w1")
+    taken = claim(first, job_id, "w1")
+    assert taken is not None and taken.mask_path is not None
+    die(first, "w1")
+
+    editor = FakeEditor()
+    runtime = WorkerRuntime(second, TimedEditor(editor, 60), "w2", BusyClock(), 3)
+    assert runtime.run(job_id) == "done"
+    (sent,) = editor.masks
+    assert sent is not None and sent.tobytes() == mask.tobytes()
+    view = api.get_sync(job_id, None)
+    assert view.status == JobStatus.SUCCEEDED and view.attempt == 2
+    (region,) = view.region_masks
+    with Image.open(api.output_path(region.token)) as kept:
+        assert kept.tobytes() == mask.tobytes()
+    assert list((settings.data_dir / "inputs").iterdir()) == []
 
 
 def test_a_job_whose_worker_dies_every_time_fails_with_a_reason(services: Any) -> None:

@@ -112,6 +112,58 @@ def test_completion_stores_outputs_and_deletes_the_input(service: JobService) ->
     assert service.output_path(output.token).read_bytes() == png()
 
 
+def mask_png() -> bytes:
+    mask = Image.new("L", (32, 32), 0)
+    mask.paste(255, (0, 0, 16, 32))
+    buffer = io.BytesIO()
+    mask.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_a_mask_is_kept_beside_its_image_through_a_restart_and_ends_with_it(
+    tmp_path: Path, database_url: str
+) -> None:
+    first = make_service(tmp_path, database_url)
+    request = EditRequest(prompt="paint the left half")
+    job_id = first.submit_sync(request, png(), mask=mask_png(), owner=None, flavour="native").id
+    inputs = tmp_path / "data" / "inputs"
+    assert sorted(p.name for p in inputs.iterdir()) == [f"{job_id}.mask.png", f"{job_id}.png"]
+    first.claim_next(0)  # the server "dies" mid-run
+    first.close()
+
+    second = make_service(tmp_path, database_url)  # recover(): re-queued, files not orphans
+    assert sorted(p.name for p in inputs.iterdir()) == [f"{job_id}.mask.png", f"{job_id}.png"]
+    claimed = second.claim_next(0)
+    assert claimed is not None and claimed.mask_path is not None
+    assert claimed.mask_path.read_bytes() == mask_png()
+    image = ProducedImage(png(), claimed.request.seed or 0, False, "png", 32, 32)
+    region = ProducedImage(mask_png(), claimed.request.seed or 0, False, "png", 32, 32)
+    view = second.complete(
+        job_id, [image], region_masks=[region], prompt_used="p", passes=["edit"], inference_ms=1.0
+    )
+    assert list(inputs.iterdir()) == []  # the image and its mask went with the job's end
+    (kept,) = view.region_masks
+    assert len(view.outputs) == 1 and kept.token != view.outputs[0].token
+    assert second.output_path(kept.token).read_bytes() == mask_png()
+    second.close()
+
+
+def test_a_job_without_a_mask_claims_none(service: JobService) -> None:
+    submit(service)
+    claimed = service.claim_next(0)
+    assert claimed is not None and claimed.mask_path is None
+
+
+def test_a_mask_no_job_holds_is_swept_with_its_image(service: JobService) -> None:
+    inputs = service.settings.data_dir / "inputs"
+    held = submit(service)
+    stray = "0" * 32
+    (inputs / f"{stray}.png").write_bytes(png())
+    (inputs / f"{stray}.mask.png").write_bytes(mask_png())
+    assert service.sweep_orphans(timedelta(0)) == 2
+    assert [p.name for p in inputs.iterdir()] == [f"{held}.png"]
+
+
 def test_cancel_queued_job_is_immediate(service: JobService) -> None:
     job_id = submit(service)
     assert service.cancel_sync(job_id, None).status == JobStatus.CANCELED
