@@ -18,19 +18,19 @@ from sqlalchemy import update
 
 from stepedit.distributed.config import DistributedSettings
 from stepedit.distributed.dispatch import CeleryDispatcher, NoDispatcher, version_for
-from stepedit.distributed.heartbeat import BusyClock
+from stepedit.distributed.heartbeat import BusyClock, Heartbeat
 from stepedit.distributed.schema import WorkerRecord
 from stepedit.distributed.service import FleetHealth, fleet_service
 from stepedit.distributed.sweeper import Sweeper
 from stepedit.distributed.tasks import TimedEditor, WorkerRuntime, claim_job
 from stepedit.engine.editor import FakeEditor
-from stepedit.errors import ServiceUnavailable
-from stepedit.jobs.health import HealthStatus, ModelHealth
+from stepedit.errors import InvalidInput, ServiceUnavailable
+from stepedit.jobs.health import HealthStatus, LoadedLora, ModelHealth
 from stepedit.jobs.models import JobRecord, utcnow
 from stepedit.jobs.outbox import DeferredOutbox, WebhookOutbox
 from stepedit.jobs.service import ClaimedJob, ClaimLost, JobService, ProducedImage
 from stepedit.jobs.state import JobStatus
-from stepedit.request import VERSIONS, EditRequest
+from stepedit.request import VERSIONS, EditRequest, LoraChoice
 
 from .conftest import WEBHOOK_SECRET, WebhookReceiver, png, wait_until
 
@@ -205,6 +205,21 @@ def test_a_mask_travels_with_its_job_to_the_worker_that_takes_it_over(
     with Image.open(api.output_path(region.token)) as kept:
         assert kept.tobytes() == mask.tobytes()
     assert list((settings.data_dir / "inputs").iterdir()) == []
+
+
+def test_api_nodes_know_the_adapters_their_live_workers_loaded(services: Any) -> None:
+    api = services("api")
+    assert api.loaded_loras() is None  # no live worker: unknown (a worker checks the name)
+    hands = LoadedLora("hands", "official", rank=4, targets=12, default_scale=0.8, merged=True)
+    beat = Heartbeat(
+        api.store, worker_id="w1", model_version="v1.1", queue="stepedit.v1.1", device="cpu",
+        interval_s=60, clock=BusyClock(), loras=[hands],
+    )  # fmt: skip
+    beat.beat()
+    assert api.loaded_loras() == (hands,)
+    api.check_loras(EditRequest(prompt="x", loras=(LoraChoice("hands", 0.5),)))
+    with pytest.raises(InvalidInput, match="'nope' not loaded"):
+        api.check_loras(EditRequest(prompt="x", loras=(LoraChoice("nope", 1.0),)))
 
 
 def test_a_job_whose_worker_dies_every_time_fails_with_a_reason(services: Any) -> None:

@@ -8,18 +8,21 @@ sweeper and for a worker handed a job that another worker holds.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import delete, select
 
 from stepedit.distributed.schema import WorkerRecord
+from stepedit.jobs.health import LoadedLora
 from stepedit.jobs.models import JobRecord, utcnow
 from stepedit.jobs.state import JobStatus
 from stepedit.jobs.store import JobStore
@@ -89,6 +92,7 @@ class Heartbeat:
         device: str,
         interval_s: float,
         clock: BusyClock,
+        loras: Sequence[LoadedLora] = (),
     ) -> None:
         self.store = store
         self.worker_id = worker_id
@@ -97,6 +101,7 @@ class Heartbeat:
         self.device = device
         self.interval_s = interval_s
         self.clock = clock
+        self.loras_json = json.dumps([lora.to_dict() for lora in loras])
         self._started_at = utcnow()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="stepedit-heartbeat", daemon=True)
@@ -131,6 +136,7 @@ class Heartbeat:
                     current_job=self.clock.current_job,
                     busy_ratio=ratio,
                     jobs_done=self.clock.jobs_done,
+                    loras_json=self.loras_json,
                 )
             )
 
@@ -153,6 +159,15 @@ def live_workers(store: JobStore, timeout_s: float) -> list[WorkerRecord]:
                 .order_by(WorkerRecord.id)
             ).all()
         )
+
+
+def workers_loras(workers: Sequence[WorkerRecord]) -> tuple[LoadedLora, ...]:
+    """The adapters `workers` preloaded, each name once (as the first of them reports it)."""
+    found: dict[str, LoadedLora] = {}
+    for worker in workers:
+        for entry in json.loads(worker.loras_json or "[]"):
+            found.setdefault(entry["name"], LoadedLora(**entry))
+    return tuple(found.values())
 
 
 def lost_jobs(

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Engine, Float, Integer, String
+from sqlalchemy import Engine, Float, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from stepedit.jobs.models import UTCDateTime
+from stepedit.jobs.store import add_missing_columns
 
 
 class DistributedBase(DeclarativeBase):
@@ -37,7 +38,15 @@ class WorkerRecord(DistributedBase):
     current_job: Mapped[str | None] = mapped_column(String(32))
     busy_ratio: Mapped[float] = mapped_column(Float, default=0.0)  # moving average, 0..1
     jobs_done: Mapped[int] = mapped_column(Integer, default=0)
+    # The LoRA adapters its model preloaded (`LoadedLora` dicts, JSON), for the API nodes'
+    # GET /v1/loras and their check of a request's `loras`.
+    loras_json: Mapped[str | None] = mapped_column(Text)
+
+
+# Nullable columns added after the first release (create_all makes new tables only).
+_LATER_COLUMNS = {"workers": {"loras_json": "TEXT"}}
 
 
 def create_tables(engine: Engine) -> None:
     DistributedBase.metadata.create_all(engine)
+    add_missing_columns(engine, _LATER_COLUMNS)

@@ -27,7 +27,7 @@ from sqlalchemy.exc import DBAPIError
 
 from stepedit.distributed.config import DistributedSettings
 from stepedit.distributed.dispatch import CeleryDispatcher, NoDispatcher
-from stepedit.distributed.heartbeat import live_workers
+from stepedit.distributed.heartbeat import live_workers, workers_loras
 from stepedit.distributed.schema import create_tables
 from stepedit.distributed.storage import storage_from_settings
 from stepedit.errors import ServiceUnavailable
@@ -116,7 +116,10 @@ class FleetHealth:
         pass  # an outage shows in the submission itself (broker check, database write)
 
     def loaded_loras(self) -> tuple[LoadedLora, ...] | None:
-        return None  # the workers load them; a worker refuses a name it has not loaded
+        """The adapters the live workers report in their heartbeats (None while none is live).
+        A request routed to a worker that lacks one it names fails there, as invalid input."""
+        workers = live_workers(self.store, self.heartbeat_timeout_s)
+        return workers_loras(workers) if workers else None
 
     def health(self) -> Health:
         try:

@@ -47,7 +47,8 @@ def run_worker(settings: DistributedSettings) -> int:
         service.close()
         return 1
     version = served_version(settings, editor)
-    service.model.loaded(version, loaded_facts(editor)[1])
+    facts = loaded_facts(editor)[1]
+    service.model.loaded(version, facts)
     queue = queue_for(version)
     clock = BusyClock()
     runtime = WorkerRuntime(
@@ -67,6 +68,7 @@ def run_worker(settings: DistributedSettings) -> int:
         device=settings.device or "auto",
         interval_s=settings.heartbeat_interval_s,
         clock=clock,
+        loras=facts.loras,  # API nodes list them (GET /v1/loras) and check requests against them
     )
     app = make_celery(settings)
     register_task(app, runtime)

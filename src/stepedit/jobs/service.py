@@ -309,9 +309,10 @@ class JobService:
         return self.health_check.loaded_loras()
 
     def check_loras(self, request: EditRequest) -> None:
-        """InvalidInput(param="loras") for an adapter the model did not preload. Nothing to
-        check while they are not known here (loading, or a fleet's API node): the worker's
-        pipeline refuses the name then, and the job fails with invalid_input."""
+        """InvalidInput(param="loras") for an adapter the model did not preload (on a fleet:
+        that no live worker reports). Nothing to check while they are not known (the model is
+        loading, no worker is live): the worker's pipeline refuses the name then, and the job
+        fails with invalid_input."""
         loaded = self.loaded_loras()
         if request.loras is None or loaded is None:
             return

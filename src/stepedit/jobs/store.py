@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -149,7 +149,7 @@ class JobStore:
         self.is_postgres = self.engine.dialect.name == "postgresql"
         try:
             Base.metadata.create_all(self.engine)
-            _add_missing_columns(self.engine)
+            add_missing_columns(self.engine, _LATER_COLUMNS, _LATER_INDEXES)
         except (OperationalError, InterfaceError) as exc:
             raise _unavailable(exc) from exc
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
@@ -808,9 +808,13 @@ _LATER_INDEXES = (
 )
 
 
-def _add_missing_columns(engine: Engine) -> None:
+def add_missing_columns(
+    engine: Engine, later: Mapping[str, Mapping[str, str]], indexes: Sequence[str] = ()
+) -> None:
+    """Give the existing tables of `later` ({table: {column: SQL type}}) the columns they lack,
+    then create `indexes` (statements with IF NOT EXISTS)."""
     inspector = inspect(engine)
-    for table, columns in _LATER_COLUMNS.items():
+    for table, columns in later.items():
         if not inspector.has_table(table):
             continue
         present = {column["name"] for column in inspector.get_columns(table)}
@@ -820,7 +824,7 @@ def _add_missing_columns(engine: Engine) -> None:
         with engine.begin() as connection:
             for name, sql_type in missing.items():
                 connection.execute(text(f"ALTER TABLE {table} ADD COLUMN {name} {sql_type}"))
-            for statement in _LATER_INDEXES:
+            for statement in indexes:
                 connection.execute(text(statement))
 
 

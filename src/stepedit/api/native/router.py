@@ -172,8 +172,8 @@ async def list_loras(jobs: Jobs) -> LoraList:
     loaded = jobs.loaded_loras()
     if loaded is None:
         raise ServiceUnavailable(
-            "the adapters are known once the model has loaded on this server (a fleet's API "
-            "node loads none)"
+            "the adapters are known once the model has loaded (on this server, or on a live "
+            "worker of the fleet)"
         )
     return LoraList(data=[LoraOut(**lora.to_dict()) for lora in loaded])
 
