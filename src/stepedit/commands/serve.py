@@ -3,6 +3,8 @@
 - Single machine (default): an in-process worker. Zero set-up: `stepedit serve --model
   dummy:tiny-v1.1` keeps jobs in SQLite and images on disk under ./data. `/health` turns 200
   once the worker has loaded the model, and says "failed" (with the reason) if it cannot.
+- `--gpus 0,1 [--parallel replicas|cfg]`: one worker per GPU, or each edit across two GPUs
+  (`stepedit.engine.multi_gpu`, docs/performance.md "Several GPUs").
 - `--queue-url redis://... --database-url postgresql+psycopg://...`: an API node of a worker
   fleet, with no model and no worker of its own (docs/deployment.md).
 """
@@ -13,6 +15,14 @@ import argparse
 import logging
 from pathlib import Path
 from typing import Any, Protocol
+
+from stepedit.gpus import (
+    GpuChoiceError,
+    GpuPlan,
+    add_gpu_arguments,
+    check_plan_model,
+    plan_from_args,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +96,7 @@ def register(subparsers: Any) -> None:
         "the server under another name, e.g. behind a proxy or with --host 0.0.0.0)",
     )
     parser.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda when present)")
+    add_gpu_arguments(parser)
     parser.add_argument("--dtype", help="bf16, fp16 or fp32 (default: the pipeline's choice)")
     parser.add_argument(
         "--lora",
@@ -133,14 +144,21 @@ def run(args: argparse.Namespace) -> int:
     from stepedit.server import serve
 
     try:
+        plan = plan_from_args(args)  # a bad --gpus is refused before anything loads
         if getattr(args, "queue_url", None):
+            if plan is not None:
+                raise GpuChoiceError("--gpus runs models: an API node (--queue-url) runs none")
             app, service, background = _api_node(args)
         else:
             settings = settings_from_args(args)
             if not settings.model:
                 logger.error("no model: pass --model (a checkpoint directory or dummy:tiny-v1.1)")
                 return 2
-            app, service, background = _single_machine(settings)
+            check_plan_model(plan, settings.model)
+            app, service, background = _single_machine(settings, plan)
+    except GpuChoiceError as exc:
+        logger.error("%s", exc)
+        return 2
     except ValidationError as exc:
         logger.error("invalid setting: %s", exc)
         return 2
@@ -174,13 +192,19 @@ def log_addresses(settings: Any) -> None:
         )
 
 
-def _single_machine(settings: Any) -> tuple[Any, Any, Background]:
+def _single_machine(settings: Any, plan: GpuPlan | None = None) -> tuple[Any, Any, Background]:
     from stepedit.api.app import create_app
     from stepedit.engine import InProcessWorker, load_editor, load_safety_checker
     from stepedit.jobs.service import JobService
 
     service = JobService(settings)
     service.recover()
+    if plan is not None:
+        from stepedit.engine.multi_gpu import MultiGpuWorkers
+
+        load_safety = lambda: load_safety_checker(settings.safety_checker)  # noqa: E731
+        workers = MultiGpuWorkers(service, settings, plan, load_safety=load_safety)
+        return create_app(settings, service), service, workers
     worker = InProcessWorker(
         service,
         lambda: load_editor(settings),

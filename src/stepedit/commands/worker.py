@@ -1,7 +1,9 @@
 """`stepedit worker`: one GPU worker of the scale-out mode (see docs/deployment.md).
 
 Loads the model once, heartbeats into the shared database and consumes its model version's
-Celery queue one job at a time. Run one per GPU (CUDA_VISIBLE_DEVICES or --device).
+Celery queue one job at a time. Run one per GPU (CUDA_VISIBLE_DEVICES or --device), or let
+`--gpus 0,1` start one per GPU (`--parallel replicas`, the default) or run each job across two
+(`--parallel cfg`): `stepedit.engine.multi_gpu`.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ import argparse
 import logging
 from pathlib import Path
 from typing import Any
+
+from stepedit.gpus import GpuChoiceError, add_gpu_arguments, check_plan_model, plan_from_args
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +68,7 @@ def register(subparsers: Any) -> None:
         help="fetch what the Hugging Face cache lacks of the model (STEPEDIT_DOWNLOAD)",
     )
     parser.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda when present)")
+    add_gpu_arguments(parser)
     parser.add_argument("--dtype", help="bf16, fp16 or fp32 (default: the pipeline's choice)")
     parser.add_argument(
         "--lora",
@@ -98,10 +103,20 @@ def run(args: argparse.Namespace) -> int:
 
     names = (*_SETTING_NAMES, "queue_url", "database_url")
     overrides = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
-    settings = DistributedSettings(**overrides)
+    try:
+        plan = plan_from_args(args)  # a bad --gpus is refused before anything loads
+        settings = DistributedSettings(**overrides)
+        check_plan_model(plan, settings.model)
+    except GpuChoiceError as exc:
+        logger.error("%s", exc)
+        return 2
     if not settings.queue_url or not settings.model:
         logger.error("a worker needs --queue-url (redis://...) and --model")
         return 2
+    if plan is not None:
+        from stepedit.engine.multi_gpu import run_gpu_workers
+
+        return run_gpu_workers(settings, plan, args.threads)
     if args.threads:
         import torch
 

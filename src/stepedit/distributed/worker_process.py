@@ -9,6 +9,7 @@ routed to it, and its supervisor can restart it.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from celery.signals import worker_shutting_down
 
@@ -34,12 +35,19 @@ def served_version(settings: DistributedSettings, editor: Editor) -> str:
     return version_of(settings.model, settings.default_model_version)
 
 
-def run_worker(settings: DistributedSettings) -> int:
+def run_worker(
+    settings: DistributedSettings,
+    *,
+    load: Callable[[DistributedSettings], Editor] = load_editor,
+    device_label: str | None = None,
+) -> int:
+    """`load` builds the editor (`engine.multi_gpu`: a CFG pair); `device_label` is the device
+    the heartbeats name (default: --device)."""
     service = fleet_service(settings, role="worker")
     worker_id = new_worker_id()
     logger.info("worker %s: loading %s", worker_id, settings.model)
     try:
-        editor = load_editor(settings)
+        editor = load(settings)
         safety = load_safety_checker(settings.safety_checker)
     except Exception as exc:
         service.model.failed(describe_failure(exc))
@@ -65,7 +73,7 @@ def run_worker(settings: DistributedSettings) -> int:
         worker_id=worker_id,
         model_version=version,
         queue=queue,
-        device=settings.device or "auto",
+        device=device_label or settings.device or "auto",
         interval_s=settings.heartbeat_interval_s,
         clock=clock,
         loras=facts.loras,  # API nodes list them (GET /v1/loras) and check requests against them

@@ -31,7 +31,7 @@ from PIL import Image
 from stepedit.engine.editor import Editor, EditorResult, loaded_facts
 from stepedit.engine.safety import SafetyChecker
 from stepedit.errors import InsufficientStorage, ServiceUnavailable, StepEditError
-from stepedit.jobs.health import describe_failure
+from stepedit.jobs.health import ModelHealth, describe_failure
 from stepedit.jobs.service import ClaimedJob, ClaimLost, JobService, ProducedImage
 
 logger = logging.getLogger(__name__)
@@ -223,8 +223,12 @@ class InProcessWorker:
         nsfw_filter: bool = True,
         poll_s: float = 0.5,
         shutdown_grace_s: float = 10.0,
+        health: ModelHealth | None = None,
     ) -> None:
         self.service = service
+        # The state this worker's model moves (None: the service's; one of several workers
+        # moves its own, which `engine.multi_gpu` combines).
+        self._health = health
         self._load_editor = load_editor
         self._load_safety = load_safety
         self.nsfw_filter = nsfw_filter
@@ -262,7 +266,7 @@ class InProcessWorker:
         return self._thread.is_alive()
 
     def _run(self) -> None:
-        model = self.service.model
+        model = self._health or self.service.model
         try:
             logger.info("loading the model")
             editor = self._load_editor()

@@ -118,6 +118,12 @@ class ModelHealth:
         self._version = declared_version
         self._facts: ModelFacts | None = None  # once loaded
         self._listeners: list[Callable[[], None]] = []
+        self._more: Callable[[], Mapping[str, Any]] | None = None
+
+    def add_details(self, details: Callable[[], Mapping[str, Any]]) -> None:
+        """`details()` joins every /health answer (`serve --gpus`: the devices and how they
+        share the work)."""
+        self._more = details
 
     def on_change(self, listener: Callable[[], None]) -> None:
         """`listener()` after every change (the service wakes synchronous waiters with it)."""
@@ -161,9 +167,10 @@ class ModelHealth:
         self._changed()
 
     def health(self) -> Health:
+        more = {} if self._more is None else dict(self._more())
         with self._lock:
             details = {} if self._facts is None else self._facts.to_details()
-            return Health(self._status, self._reason, self._version, details)
+            return Health(self._status, self._reason, self._version, {**details, **more})
 
     def raise_if_failed(self) -> None:
         if self._status is HealthStatus.FAILED:
