@@ -10,8 +10,8 @@
   process holds only the DiT on the second (`load_cfg_editor`).
 
 Replicas is the default: it multiplies throughput on any number of GPUs and a failing GPU takes
-one replica with it. cfg shortens each edit (the DiT is ~90% of it) for a server that
-mostly runs one edit at a time, and needs the two GPUs to hold a DiT each.
+one replica with it. cfg shortens each edit (the DiT is most of it) for a server that mostly runs
+one edit at a time (not v1.2's: see docs/performance.md, Several GPUs).
 
 The choice is parsed and checked before anything loads (`stepedit.gpus`). Tests run every
 path on the CPU with the hidden `--device-type cpu`: the indices then name CPU processes and
