@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import save_file
 from tokenizers import Tokenizer
 
 import qwen_tokenizer
@@ -178,6 +180,75 @@ def _resave_processor(processor_dir: Path, save_processor: ProcessorSaver) -> No
         save_processor(processor_dir, saved)
         shutil.rmtree(processor_dir)
         shutil.copytree(saved, processor_dir)
+
+
+# ----------------------------------------------------------------- LoRA files
+
+# The official format (sd-scripts' lora_unet_* keys, what the official `--lora` merges): one
+# Linear of each kind its network adapts, each with its own rank and alpha.
+OFFICIAL_LORA = (  # (module, rank, alpha)
+    ("double_blocks.0.img_attn.qkv", 4, 2.0),  # double-block attention, q/k/v fused
+    ("double_blocks.0.txt_mlp.0", 2, 3.0),  # double-block MLP
+    ("double_blocks.0.img_mod.lin", 4, 0.0),  # modulation; alpha 0 stands for alpha = rank
+    ("single_blocks.0.linear1", 3, 1.0),  # single block: q/k/v and MLP in, fused
+    ("single_blocks.0.linear2", 4, 8.0),  # single block out
+    ("img_in", 2, 1.0),  # outside the blocks (the network's `in_dims` filters)
+)
+# The diffusers/PEFT format: modules of the diffusers transformer; rank and lora_alpha in the
+# safetensors header, keyed "transformer.*" as a pipeline's save_lora_weights writes them.
+DIFFUSERS_LORA = (
+    "transformer_blocks.0.attn.to_q",  # row blocks of the original layout's fused img qkv
+    "transformer_blocks.0.attn.to_k",
+    "transformer_blocks.0.attn.add_v_proj",  # ... and of the txt qkv
+    "transformer_blocks.0.ff.net.0.proj",  # double-block MLP
+    "single_transformer_blocks.0.attn.to_v",  # row blocks of the single block's linear1
+    "single_transformer_blocks.0.proj_mlp",
+    "single_transformer_blocks.0.proj_out",  # linear2
+    "norm_out.linear",  # the final AdaLN, whose halves the original layout swaps
+    "x_embedder",
+)
+DIFFUSERS_LORA_CONFIG: dict[str, Any] = {
+    "r": 4,
+    "lora_alpha": 2.0,
+    "rank_pattern": {"single_transformer_blocks.0.proj_mlp": 2},
+    "alpha_pattern": {"single_transformer_blocks.0.proj_mlp": 3.0},
+    "target_modules": list(DIFFUSERS_LORA),
+}
+LORA_METADATA_KEY = "lora_adapter_metadata"  # diffusers' LORA_ADAPTER_METADATA_KEY
+
+
+def write_lora(layout: str, dit_weights: Path, path: Path, seed: int = 4) -> Path:
+    """A tiny LoRA for the DiT saved in `dit_weights`: the official format for the original
+    layout, the diffusers/PEFT one for the diffusers layout. Up and down are both random
+    (a LoRA fresh from training has up = 0, which would change nothing)."""
+    generator = torch.Generator().manual_seed(seed)
+    with safe_open(str(dit_weights), framework="pt") as handle:
+        shapes = {key: handle.get_slice(key).get_shape() for key in handle.keys()}  # noqa: SIM118
+
+    def factors(module: str, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+        out_features, in_features = shapes[f"{module}.weight"]
+        down = torch.randn(rank, in_features, generator=generator) * 0.1
+        up = torch.randn(out_features, rank, generator=generator) * 0.1
+        return down, up
+
+    tensors: dict[str, torch.Tensor] = {}
+    header = {"format": "pt"}
+    if layout == "original":
+        for module, rank, alpha in OFFICIAL_LORA:
+            name = "lora_unet_" + module.replace(".", "_")
+            down, up = factors(module, rank)
+            tensors[f"{name}.lora_down.weight"] = down
+            tensors[f"{name}.lora_up.weight"] = up
+            tensors[f"{name}.alpha"] = torch.tensor(alpha)
+    else:
+        config = DIFFUSERS_LORA_CONFIG
+        for module in DIFFUSERS_LORA:
+            down, up = factors(module, config["rank_pattern"].get(module, config["r"]))
+            tensors[f"transformer.{module}.lora_A.weight"] = down
+            tensors[f"transformer.{module}.lora_B.weight"] = up
+        header[LORA_METADATA_KEY] = json.dumps({f"transformer.{k}": v for k, v in config.items()})
+    save_file(tensors, str(path), metadata=header)
+    return path
 
 
 # ----------------------------------------------------------------- inputs

@@ -60,11 +60,33 @@ class Diffusers:
     @property
     def pipe(self) -> Any:
         if self._pipe is None:
-            self._pipe = self.pipeline_class.from_pretrained(
-                str(self.checkpoint), transformer=self._transformer(), torch_dtype=torch.float32
-            )
-            self._pipe.set_progress_bar_config(disable=True)
+            self._pipe = self._load_pipeline()
         return self._pipe
+
+    def _load_pipeline(self) -> Any:
+        pipe = self.pipeline_class.from_pretrained(
+            str(self.checkpoint), transformer=self._transformer(), torch_dtype=torch.float32
+        )
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    def _pipeline_with_lora(self) -> Any:
+        """A second pipeline, on a fresh transformer, with the job's LoRA loaded the one way
+        these branches offer: the pipelines have no `load_lora_weights`, the transformer has
+        diffusers' PEFT mixin (`load_lora_adapter`, PEFT layers at weight 1.0, unmerged).
+
+        `use_safetensors=True`, as diffusers' pipeline loaders (`lora_state_dict`) pass it:
+        given a file path without it, `load_lora_adapter` takes its non-safetensors branch,
+        which reads the tensors but not the header's `lora_adapter_metadata` (lora_alpha then
+        falls back to the first module's rank)."""
+        pipe = self._load_pipeline()
+        pipe.transformer.load_lora_adapter(
+            self.params["lora_file"],
+            prefix="transformer",
+            adapter_name="parity",
+            use_safetensors=True,
+        )
+        return pipe
 
     def _transformer(self) -> nn.Module:
         cls = self.diffusers.Step1XEditTransformer2DModel
@@ -96,7 +118,10 @@ class Diffusers:
                 return self._encode(inputs), {}
         if check in ("edit_latents", "edit_seed"):
             latents = inputs["edit/latents"] if check == "edit_latents" else None
-            return self._edit(source, latents), {"noise_draws": self.noise.draws}
+            return self._edit(self.pipe, source, latents), {"noise_draws": self.noise.draws}
+        if check == "lora":
+            edited = self._edit(self._pipeline_with_lora(), source, inputs["edit/latents"])
+            return edited, {"noise_draws": self.noise.draws}
         if check.startswith("reasoning:"):
             return self._reasoning(source, check.split(":", 1)[1])
         raise ValueError(f"diffusers reference has no check {check!r}")
@@ -162,7 +187,9 @@ class Diffusers:
             out[f"{row}.text_mask"] = encoded.text_masks
         return out
 
-    def _call(self, source: Image.Image, latents: torch.Tensor | None, **extra: Any) -> Any:
+    def _call(
+        self, pipe: Any, source: Image.Image, latents: torch.Tensor | None, **extra: Any
+    ) -> Any:
         kwargs: dict[str, Any] = {
             "image": source,
             "prompt": self.params["prompt"],
@@ -178,11 +205,13 @@ class Diffusers:
         elif latents is not None:
             kwargs["latents"] = _pack(latents)
         try:
-            return self.pipe(**kwargs)
+            return pipe(**kwargs)
         finally:
             self.noise.injected = None
 
-    def _edit(self, source: Image.Image, latents: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    def _edit(
+        self, pipe: Any, source: Image.Image, latents: torch.Tensor | None
+    ) -> dict[str, torch.Tensor]:
         finals: list[torch.Tensor] = []
         decoded: list[torch.Tensor] = []
 
@@ -190,13 +219,11 @@ class Diffusers:
             finals.append(tensors["latents"].clone())
             return {}
 
-        patches.record_calls(
-            self.pipe.vae, "decode", decoded, lambda result, *a, **k: result[0].clone()
-        )
+        patches.record_calls(pipe.vae, "decode", decoded, lambda result, *a, **k: result[0].clone())
         extra: dict[str, Any] = {"callback_on_step_end": on_step_end}
         if self.is_v12:
             extra.update(enable_thinking_mode=False, enable_reflection_mode=False)
-        output = self._call(source, latents, **extra)
+        output = self._call(pipe, source, latents, **extra)
         return {
             "latents": finals[-1],
             "decoded": decoded[-1],
@@ -219,6 +246,7 @@ class Diffusers:
         patches.record_calls(self.pipe, "encode_image", edited, lambda _r, image, *a, **k: image)
         try:
             output = self._call(
+                self.pipe,
                 source,
                 None,
                 enable_thinking_mode=scenario.thinking,

@@ -143,13 +143,24 @@ class Official:
         _no_meta_left(ae, "VAE")
         return ae.float().eval().requires_grad_(False)
 
-    def _generator(self) -> Any:
+    def _dit_with_lora(self) -> nn.Module:
+        """A fresh tiny DiT with the job's LoRA merged by the official `--lora` path:
+        `ImageGenerator.__init__` calls `equip_dit_with_lora_sd_scripts` (sd-scripts' network
+        built from the file's weights, merged into the Linears at multiplier 1.0)."""
+        patches.stub_training_only_imports()
+        dit = self._build_dit()
+        self.mods["inference"].equip_dit_with_lora_sd_scripts(
+            self.ae, [self.encoder], dit, self.params["lora_file"], device=torch.device("cpu")
+        )
+        return dit
+
+    def _generator(self, dit: nn.Module) -> Any:
         """An ImageGenerator holding the tiny modules (its __init__ would build full-size)."""
         inference = self.mods["inference"]
         gen = object.__new__(inference.ImageGenerator)
         gen.device = torch.device("cpu")
         gen.version = self.job.version
-        gen.ae, gen.dit, gen.llm_encoder = self.ae, self.dit, self.encoder
+        gen.ae, gen.dit, gen.llm_encoder = self.ae, dit, self.encoder
         gen.offload, gen.quantized, gen.lora_module, gen.mode = False, False, None, "flash"
         return gen
 
@@ -170,7 +181,10 @@ class Official:
                 return self._encode(inputs), {}
         if check in ("edit_latents", "edit_seed"):
             latents = inputs["edit/latents"] if check == "edit_latents" else None
-            return self._edit(source, latents), {"noise_draws": self.noise.draws}
+            return self._edit(self.dit, source, latents), {"noise_draws": self.noise.draws}
+        if check == "lora":
+            edited = self._edit(self._dit_with_lora(), source, inputs["edit/latents"])
+            return edited, {"noise_draws": self.noise.draws}
         raise ValueError(f"official reference has no check {check!r}")
 
     def _prefix_tokens(self) -> int:
@@ -211,8 +225,10 @@ class Official:
         )
         return {"emb": emb, "mask": mask}
 
-    def _edit(self, source: Image.Image, latents: torch.Tensor | None) -> dict[str, torch.Tensor]:
-        gen = self._generator()
+    def _edit(
+        self, dit: nn.Module, source: Image.Image, latents: torch.Tensor | None
+    ) -> dict[str, torch.Tensor]:
+        gen = self._generator(dit)
         finals: list[torch.Tensor] = []
         decoded: list[torch.Tensor] = []
         patches.record_calls(gen, "denoise", finals, lambda result, *a, **k: result.clone())

@@ -1,14 +1,16 @@
 """Every change the harness makes to the reference code at run time, in one place.
 
 Runs in the reference process only. Each patch is device or dtype plumbing for a float32 run on
-the CPU, an import stub for a GPU-only package, or a probe that records a value; none changes
-what the reference computes beyond that. scripts/parity/README.md lists them with the reasons.
+the CPU, an import stub for a GPU-only or training-only package, or a probe that records a
+value; none changes what the reference computes beyond that. scripts/parity/README.md lists
+them with the reasons.
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib.machinery
+import importlib.util
 import sys
 import types
 from collections.abc import Callable, Iterator
@@ -67,6 +69,42 @@ def stub_gpu_only_imports() -> None:
     _stub_module("liger_kernel")
     _stub_module("liger_kernel.ops")
     _stub_module("liger_kernel.ops.rms_norm", LigerRMSNormFunction=_LigerRMSNormFunction)
+
+
+class _TrainingOnly:
+    """Stands in for a class the official code only uses in training (subclassed or named in
+    annotations at import time); making one raises."""
+
+    def __init__(self, *_args: Any, **_kwargs: Any) -> None:
+        raise RuntimeError(f"{type(self).__name__} is training-only and stubbed by the harness")
+
+
+def stub_training_only_imports() -> None:
+    """diffusers and cv2, imported at module level by the official `library/lora_module.py`
+    (AutoencoderKL, in an annotation) and `library/utils.py` (a training scheduler subclassing
+    diffusers' EulerAncestralDiscreteScheduler; cv2 image resizing for training data), are not
+    in the reference venv; the `--lora` merge uses neither. Only the imports are satisfied
+    (where the package is missing); making any of the classes raises."""
+    if importlib.util.find_spec("cv2") is None:
+        _stub_module("cv2")
+    if importlib.util.find_spec("diffusers") is not None:
+        return
+    euler = "diffusers.schedulers.scheduling_euler_ancestral_discrete"
+    _stub_module(
+        euler,
+        EulerAncestralDiscreteSchedulerOutput=type(
+            "EulerAncestralDiscreteSchedulerOutput", (_TrainingOnly,), {}
+        ),
+    )
+    _stub_module("diffusers.schedulers", scheduling_euler_ancestral_discrete=sys.modules[euler])
+    _stub_module(
+        "diffusers",
+        AutoencoderKL=type("AutoencoderKL", (_TrainingOnly,), {}),
+        EulerAncestralDiscreteScheduler=type(
+            "EulerAncestralDiscreteScheduler", (_TrainingOnly,), {}
+        ),
+        schedulers=sys.modules["diffusers.schedulers"],
+    )
 
 
 # ----------------------------------------------------------------- device: CUDA -> CPU

@@ -38,6 +38,7 @@ SOURCE_SIZE = (160, 96)  # non-square, smaller than the working size
 V11_DIFFUSERS_SIZE = 1024  # Step1XEditPipeline hard-codes its working size level
 COMMON_CHECKS = ("dit", "vae_encode", "vae_decode", "encoder")
 EDIT_CHECKS = ("edit_latents", "edit_seed")
+LORA_SCALE = 1.0  # the official --lora path merges at multiplier 1.0
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,7 @@ class Target:
     cfg_rescale: str | None  # stepedit's setting that matches this reference
 
     def checks(self) -> list[str]:
-        checks = list(COMMON_CHECKS) + list(EDIT_CHECKS)
+        checks = [*COMMON_CHECKS, *EDIT_CHECKS, "lora"]
         if self.version != "v1.2":
             checks.insert(0, "tokenizer")
         if self.version == "v1.2":
@@ -166,6 +167,13 @@ def prepare(
         save_processor,
     )
     params = edit_params(target, args)
+    dit_weights = checkpoint / params["dit_file"]
+    if target.layout == "diffusers":
+        dit_weights = checkpoint / "transformer" / "diffusion_pytorch_model.safetensors"
+    lora = fixtures.write_lora(
+        target.layout, dit_weights, workdir / f"lora-{target.name}.safetensors"
+    )
+    params["lora_file"] = str(lora)
     source = fixtures.source_image(*SOURCE_SIZE)
     inputs = {**fixtures.dit_inputs(target.version, params["dit"]), **fixtures.vae_inputs()}
     return Context(target, ref_dir, commit, checkpoint, params, source, inputs)
@@ -224,6 +232,10 @@ def _stepedit_check(pipe: Any, context: Context, check: str, working: Image.Imag
     if check in EDIT_CHECKS:
         latents = inputs["edit/latents"] if check == "edit_latents" else None
         return stepedit_side.edit(pipe, context.source, params, latents)
+    if check == "lora":
+        lora = Path(params["lora_file"])
+        with_lora = stepedit_side.load_with_lora(context.checkpoint, lora, LORA_SCALE)
+        return stepedit_side.edit(with_lora, context.source, params, inputs["edit/latents"])
     if check.startswith("reasoning:"):
         scenario = scenario_named(check.split(":", 1)[1])
         return stepedit_side.reasoning(pipe, context.source, params, scenario)

@@ -41,6 +41,9 @@ pillow=$("$here/../../.venv/bin/python" -c 'import PIL; print(PIL.__version__)' 
   einops safetensors numpy \
   "huggingface-hub>=0.34.0,<1.0" importlib_metadata filelock "httpx<1.0.0" regex requests \
   megfile
+# peft for the diffusers targets' `lora` check (their transformer's load_lora_adapter); 0.17 is
+# the fork's minimum (setup.py: peft>=0.17.0). It brings accelerate.
+"${pip[@]}" peft==0.17.1
 # Not installed: xfuser (multi-GPU only) and liger_kernel (a Triton GPU kernel whose import fails
 # on a machine without a GPU); reference_patches.py stubs both imports (see the README).
 

@@ -25,6 +25,7 @@ from stepedit.model.qwen_tiny import CHAT_TEMPLATE, build_tiny_processor, tiny_q
 from stepedit.pipeline import EditPipeline
 from stepedit.request import EditRequest
 from stepedit.weights import load_components, write_checkpoint
+from stepedit.weights.lora import load_loras, parse_lora_specs
 
 Tensors = dict[str, torch.Tensor]
 
@@ -90,6 +91,14 @@ def write_tiny_checkpoint(
 
 def load(checkpoint: Path) -> EditPipeline:
     return EditPipeline.from_pretrained(checkpoint, device="cpu", dtype=torch.float32)
+
+
+def load_with_lora(checkpoint: Path, lora: Path, scale: float = 1.0) -> EditPipeline:
+    """A fresh pipeline with `lora` applied as `stepedit edit --lora PATH:SCALE` applies it
+    (merged into the DiT's weights)."""
+    pipe = load(checkpoint)
+    load_loras(pipe, parse_lora_specs([f"{lora}:{scale:g}"]))
+    return pipe
 
 
 def describe(pipe: EditPipeline) -> str:
