@@ -38,24 +38,26 @@ _HOOKED = "_stepedit_lora_hook"
 
 @dataclass(frozen=True)
 class LowRank:
-    """One adapter's change to one Linear: W += scale * up @ down, the format's own
-    alpha / rank already folded into `up`."""
+    """One adapter's change to one Linear: W += scale * (up @ down) * gain, where `gain` is the
+    format's own alpha / rank (1 where a format's reader folded it into `up` already)."""
 
     up: Tensor  # [out, rank]
     down: Tensor  # [rank, in]
+    gain: float = 1.0
 
     @property
     def rank(self) -> int:
         return int(self.down.shape[0])
 
     def merge_into(self, linear: nn.Linear, scale: float) -> None:
-        """W <- W + scale * up @ down, computed in float32 and cast back (the official merge)."""
+        """W <- W + scale * (up @ down) * gain in float32, cast back: the official merge, in its
+        order of operations (so a merged official-format adapter matches it bit for bit)."""
         weight = linear.weight
-        delta = self.up.to(weight.device, torch.float32) @ self.down.to(
+        product = self.up.to(weight.device, torch.float32) @ self.down.to(
             weight.device, torch.float32
         )
         with torch.no_grad():  # in place: the Parameter object (and any graph holding it) stays
-            weight.copy_((weight.float() + scale * delta).to(weight.dtype))
+            weight.copy_((weight.float() + scale * product * self.gain).to(weight.dtype))
 
 
 @dataclass(frozen=True)
@@ -143,7 +145,7 @@ class LoraSet:
                     raise ValueError(f"{adapter.name}: {module_name!r} is not a Linear of the DiT")
                 device = linear.weight.device
                 down = delta.down.to(device, self.dtype)
-                up = delta.up.to(device, self.dtype)
+                up = (delta.up * delta.gain).to(device, self.dtype)
                 linear.register_buffer(f"lora_down_{slot}", down, persistent=False)
                 linear.register_buffer(f"lora_up_{slot}", up, persistent=False)
                 loaded.nbytes += down.numel() * down.element_size() + up.numel() * up.element_size()

@@ -248,7 +248,7 @@ def _official_deltas(
         rank = down.shape[0]
         alpha = float(parts["alpha"].float().item()) if "alpha" in parts else 0.0
         alpha = alpha or float(rank)  # sd-scripts: alpha None or 0 means alpha = rank
-        deltas[targets[module]] = LowRank(up=up * (alpha / rank), down=down)
+        deltas[targets[module]] = LowRank(up=up, down=down, gain=alpha / rank)
     return deltas
 
 
@@ -435,7 +435,8 @@ def load_loras(pipeline: EditPipeline, specs: Sequence[LoraSpec], *, fuse: bool 
 
 def apply_lora_file(dit: Step1XEditDiT, path: str | Path, scale: float = 1.0) -> Step1XEditDiT:
     """Merge one LoRA file into `dit` in place, as the official `merge_to` does (float32 math,
-    cast back to each weight's dtype), and return it: the parity harness's entry point."""
+    cast back to each weight's dtype), and return it. For scripts: the pipeline loads adapters
+    through `load_loras`."""
     adapter = read_lora(path, dit)
     modules = dict(dit.named_modules())
     for name, delta in adapter.deltas.items():
