@@ -266,7 +266,7 @@ class FollowerLink:
             if self.conn in ready:
                 try:
                     kind, payload = self.conn.recv()
-                except EOFError:
+                except (EOFError, OSError):
                     kind, payload = "failed", None
                 if kind == "ready":
                     return payload
@@ -493,7 +493,7 @@ def run_follower(
     conn.send(("ready", {"pid": os.getpid(), "device": str(device)}))
     try:
         kind, _ = conn.recv()
-    except EOFError:
+    except (EOFError, OSError):
         return 0
     if kind != "join":
         return 0
@@ -518,7 +518,7 @@ def serve_follower(
     while True:
         try:
             kind, call = conn.recv()
-        except EOFError:
+        except (EOFError, OSError):
             logger.info("CFG follower: the leader is gone; exiting")
             return
         if kind != "call":

@@ -260,7 +260,7 @@ class EditorProcess:
             try:
                 message: tuple[Any, ...] = self._conn.recv()
                 return message
-            except EOFError:
+            except (EOFError, OSError):  # EOF, or a reset when it died with our message unread
                 pass
         raise self._crashed(when)
 
@@ -309,7 +309,7 @@ def _serve_edits(conn: Connection, load: Callable[[], Editor], label: str, log_l
     while True:
         try:
             message = conn.recv()
-        except EOFError:
+        except (EOFError, OSError):
             return
         if message[0] != "edit":
             return
