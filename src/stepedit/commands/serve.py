@@ -16,31 +16,23 @@ import logging
 from pathlib import Path
 from typing import Any, Protocol
 
-from stepedit.gpus import (
-    GpuChoiceError,
-    GpuPlan,
-    add_gpu_arguments,
-    check_plan_model,
-    plan_from_args,
+from stepedit.commands._model_arguments import (
+    MODEL_SETTING_NAMES,
+    add_device_arguments,
+    add_model_arguments,
 )
+from stepedit.gpus import GpuChoiceError, GpuPlan, check_plan_model, plan_from_args
 
 logger = logging.getLogger(__name__)
 
 _SETTING_NAMES = (
-    "model",
-    "model_version",
-    "text_encoder",
-    "download",
+    *MODEL_SETTING_NAMES,
     "host",
     "port",
     "data_dir",
     "database_url",
     "public_base_url",
-    "device",
-    "dtype",
-    "offload",
     "optimize",
-    "loras",
     "max_queue",
     "api_keys",
     "safety_checker",
@@ -63,18 +55,7 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "serve", help="serve every API flavour over one job queue and an in-process worker"
     )
-    parser.add_argument("--model", help='checkpoint directory or "dummy:<preset>" (STEPEDIT_MODEL)')
-    parser.add_argument("--model-version", choices=["v1.0", "v1.1", "v1.2"])
-    parser.add_argument(
-        "--text-encoder",
-        help="Qwen2.5-VL folder or repo id, for checkpoints without one (STEPEDIT_TEXT_ENCODER)",
-    )
-    parser.add_argument(
-        "--download",
-        action="store_true",
-        default=None,
-        help="fetch what the Hugging Face cache lacks of the model (STEPEDIT_DOWNLOAD)",
-    )
+    add_model_arguments(parser)
     parser.add_argument("--host", help="bind address (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port (default 8000)")
     parser.add_argument("--data-dir", type=Path, help="jobs database and images (default ./data)")
@@ -95,18 +76,7 @@ def register(subparsers: Any) -> None:
         help="origin used in output URLs (default http://HOST:PORT; set it when clients reach "
         "the server under another name, e.g. behind a proxy or with --host 0.0.0.0)",
     )
-    parser.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda when present)")
-    add_gpu_arguments(parser)
-    parser.add_argument("--dtype", help="bf16, fp16 or fp32 (default: the pipeline's choice)")
-    parser.add_argument(
-        "--lora",
-        action="append",
-        dest="loras",
-        metavar="[NAME=]PATH[:SCALE]",
-        help="preload a LoRA adapter; SCALE (default 1) applies to requests naming none, 0 "
-        "preloads it for requests only; repeatable (STEPEDIT_LORAS, docs/lora.md)",
-    )
-    parser.add_argument("--offload", action="store_true", default=None, help="CPU offload")
+    add_device_arguments(parser)
     parser.add_argument(
         "--optimize",
         help='speed switches: "auto" (default: exact on CUDA, as loaded on CPU), "plain", "exact", '

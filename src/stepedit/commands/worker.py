@@ -13,20 +13,18 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from stepedit.gpus import GpuChoiceError, add_gpu_arguments, check_plan_model, plan_from_args
+from stepedit.commands._model_arguments import (
+    MODEL_SETTING_NAMES,
+    add_device_arguments,
+    add_model_arguments,
+)
+from stepedit.gpus import GpuChoiceError, check_plan_model, plan_from_args
 
 logger = logging.getLogger(__name__)
 
 _SETTING_NAMES = (
-    "model",
-    "model_version",
-    "text_encoder",
-    "download",
-    "device",
-    "dtype",
-    "offload",
+    *MODEL_SETTING_NAMES,
     "optimize",
-    "loras",
     "data_dir",
     "public_base_url",
     "safety_checker",
@@ -51,34 +49,10 @@ def register(subparsers: Any) -> None:
     parser.add_argument(  # the older spelling, still accepted
         "--db", dest="database_url", help=argparse.SUPPRESS, default=argparse.SUPPRESS
     )
-    parser.add_argument("--model", help='checkpoint directory or "dummy:<preset>" (STEPEDIT_MODEL)')
-    parser.add_argument(
-        "--model-version",
-        choices=["v1.0", "v1.1", "v1.2"],
-        help="the queue to consume (default: detected from the model)",
+    add_model_arguments(
+        parser, version_help="the queue to consume (default: detected from the model)"
     )
-    parser.add_argument(
-        "--text-encoder",
-        help="Qwen2.5-VL folder or repo id, for checkpoints without one (STEPEDIT_TEXT_ENCODER)",
-    )
-    parser.add_argument(
-        "--download",
-        action="store_true",
-        default=None,
-        help="fetch what the Hugging Face cache lacks of the model (STEPEDIT_DOWNLOAD)",
-    )
-    parser.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda when present)")
-    add_gpu_arguments(parser)
-    parser.add_argument("--dtype", help="bf16, fp16 or fp32 (default: the pipeline's choice)")
-    parser.add_argument(
-        "--lora",
-        action="append",
-        dest="loras",
-        metavar="[NAME=]PATH[:SCALE]",
-        help="preload a LoRA adapter; SCALE (default 1) applies to requests naming none, 0 "
-        "preloads it for requests only; repeatable (STEPEDIT_LORAS, docs/lora.md)",
-    )
-    parser.add_argument("--offload", action="store_true", default=None, help="CPU offload")
+    add_device_arguments(parser)
     parser.add_argument(
         "--optimize", help='speed switches, as for serve: "auto", "exact", "fast", "24gb", ...'
     )
