@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -113,23 +114,39 @@ def quantize_blocks(dit: nn.Module, device: torch.device) -> int:
     """`quantize_dit_fp8` without the device check (torchao itself checks the hardware)."""
     config = _fp8_config()
     quantization = importlib.import_module("torchao.quantization")
-    count = upcast = 0
-    for name, child in dit.named_children():
-        if name in _BLOCK_LISTS:
-            assert isinstance(child, nn.ModuleList)
-            for block in child:
-                block.to(device)
-                upcast += upcast_float8_storage(block)
-                count += sum(1 for m in block.modules() if is_fp8_eligible(m))
-                quantization.quantize_(block, config, filter_fn=is_fp8_eligible)
-        else:
-            child.to(device)
-    dit.to(device)  # parameters and buffers held by the DiT itself
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
+
+    def quantize(block: nn.Module) -> int:
+        count = sum(1 for m in block.modules() if is_fp8_eligible(m))
+        quantization.quantize_(block, config, filter_fn=is_fp8_eligible)
+        return count
+
+    count, upcast = quantize_block_by_block(dit, device, torch.bfloat16, quantize)
     if upcast:
         logger.info("FP8: %d float8-stored Linears upcast to bf16 for torchao", upcast)
     logger.info(
         "FP8: quantized %d Linear layers of the DiT blocks (torchao %s)", count, torchao_version()
     )
     return count
+
+
+def quantize_block_by_block(
+    dit: nn.Module, device: torch.device, dtype: torch.dtype, quantize: Callable[[nn.Module], int]
+) -> tuple[int, int]:
+    """Move `dit` to `device` one block at a time, each block's float8-stored Linears upcast to
+    `dtype` and the block then `quantize`d there; returns (what `quantize` counted, Linears
+    upcast). One block at a time keeps the peak at the quantized model plus one unquantized
+    block, so a DiT loaded on the CPU fits the card."""
+    count = upcast = 0
+    for name, child in dit.named_children():
+        if name in _BLOCK_LISTS:
+            assert isinstance(child, nn.ModuleList)
+            for block in child:
+                block.to(device)
+                upcast += upcast_float8_storage(block, dtype)
+                count += quantize(block)
+        else:
+            child.to(device)
+    dit.to(device)  # parameters and buffers held by the DiT itself
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return count, upcast

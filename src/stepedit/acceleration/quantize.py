@@ -16,8 +16,9 @@ Only the Linears inside `double_blocks` and `single_blocks` of the DiT are quant
 as with FP8. For the MLLM every Linear is quantized except a `lm_head` tied to the embeddings.
 Modules are never replaced (the weight becomes a tensor subclass), so hooks on them, the LoRA
 paths among them, keep working; LoRA adapters are not merged into quantized weights
-(`stepedit.model.lora`). Like `fp8.quantize_blocks`, the DiT moves to the device block by block
-and each block is quantized there, so a host-loaded DiT never needs its bf16 size on the GPU.
+(`stepedit.model.lora`). As with FP8 (`fp8.quantize_block_by_block`), the DiT moves to the device
+block by block and each block is quantized there, so a host-loaded DiT never needs its bf16 size
+on the GPU.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from torch import nn
 
 from stepedit.acceleration.attention import AccelerationUnavailable
 from stepedit.acceleration.config import OptimizationConfig
-from stepedit.acceleration.fp8 import upcast_float8_storage
+from stepedit.acceleration.fp8 import quantize_block_by_block
 
 if TYPE_CHECKING:
     from stepedit.pipeline import EditPipeline
@@ -44,7 +45,6 @@ SCHEMES = ("int8", "nf4", "int4")
 NF4_BLOCK = 64  # weights per absmax scale (QLoRA)
 NF4_SCALER_BLOCK = 256  # scales per second-level scale, when the count allows it
 INT4_GROUP = 128
-_BLOCK_LISTS = ("double_blocks", "single_blocks")
 
 
 def torchao_quantization() -> Any:
@@ -163,19 +163,9 @@ def quantize_module(
 
 def quantize_dit(dit: nn.Module, scheme: str, device: torch.device, dtype: torch.dtype) -> int:
     """Quantize the block Linears of `dit`, moving it to `device` block by block."""
-    count = upcast = 0
-    for name, child in dit.named_children():
-        if name in _BLOCK_LISTS:
-            assert isinstance(child, nn.ModuleList)
-            for block in child:
-                block.to(device)
-                upcast += upcast_float8_storage(block, dtype)
-                count += quantize_module(block, scheme)
-        else:
-            child.to(device)
-    dit.to(device)  # parameters and buffers held by the DiT itself
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
+    count, upcast = quantize_block_by_block(
+        dit, device, dtype, lambda block: quantize_module(block, scheme)
+    )
     if upcast:
         logger.info("%s: %d float8-stored Linears upcast to %s first", scheme, upcast, dtype)
     return count
