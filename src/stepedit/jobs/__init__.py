@@ -3,28 +3,16 @@
 from stepedit.jobs.health import Health, HealthStatus
 from stepedit.jobs.service import ClaimedJob, ClaimLost, JobService, ProducedImage, to_native_dict
 from stepedit.jobs.state import JobStatus
-from stepedit.jobs.views import (
-    ErrorView,
-    JobView,
-    OutputView,
-    ProgressView,
-    TimingsView,
-    WebhookView,
-)
+from stepedit.jobs.views import JobView
 
 __all__ = [
     "ClaimLost",
     "ClaimedJob",
-    "ErrorView",
     "Health",
     "HealthStatus",
     "JobService",
     "JobStatus",
     "JobView",
-    "OutputView",
     "ProducedImage",
-    "ProgressView",
-    "TimingsView",
-    "WebhookView",
     "to_native_dict",
 ]

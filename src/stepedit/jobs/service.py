@@ -63,11 +63,11 @@ import logging
 import shutil
 import threading
 import uuid
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from sqlalchemy import func
 
@@ -112,6 +112,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 INTERRUPTED_MESSAGE = "interrupted by server restart"
 SHUTTING_DOWN_RETRY_S = 10
@@ -199,6 +202,20 @@ def outbox_from_settings(store: JobStore, settings: Settings, *, recheck_s: floa
         per_destination=settings.webhook_per_destination,
         recheck_s=recheck_s,
     )
+
+
+def _in_thread(
+    method: Callable[Concatenate[JobService, _P], _R],
+) -> Callable[Concatenate[JobService, _P], Coroutine[Any, Any, _R]]:
+    """The API side's twin of a blocking method: the same call, awaited, run in a thread."""
+
+    async def run(self: JobService, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        return await asyncio.to_thread(method, self, *args, **kwargs)
+
+    run.__name__ = method.__name__.removesuffix("_sync")
+    run.__qualname__ = method.__qualname__.removesuffix("_sync")
+    run.__doc__ = method.__doc__
+    return run
 
 
 class JobService:
@@ -340,32 +357,7 @@ class JobService:
 
     # ---------------------------------------------------------------- API side
 
-    async def submit(
-        self,
-        request: EditRequest,
-        image: bytes,
-        *,
-        mask: bytes | None = None,
-        owner: str | None,
-        flavour: str,
-        webhook_url: str | None = None,
-        idempotency_key: str | None = None,
-        wire_input: Mapping[str, Any] | None = None,
-    ) -> JobView:
-        return await asyncio.to_thread(
-            self.submit_sync,
-            request,
-            image,
-            mask=mask,
-            owner=owner,
-            flavour=flavour,
-            webhook_url=webhook_url,
-            idempotency_key=idempotency_key,
-            wire_input=wire_input,
-        )
-
-    async def get(self, job_id: str, owner: str | None) -> JobView:
-        return await asyncio.to_thread(self.get_sync, job_id, owner)
+    # submit, get, cancel and list: their `_sync` twins in a worker thread (after those, below)
 
     async def wait(self, job_id: str, owner: str | None, timeout_s: float) -> JobView:
         loop = asyncio.get_running_loop()
@@ -380,12 +372,6 @@ class JobService:
                 await woken.wait(min(remaining, self.settings.wait_recheck_s))
                 view = await self.get(job_id, owner)
         return view
-
-    async def cancel(self, job_id: str, owner: str | None) -> JobView:
-        return await asyncio.to_thread(self.cancel_sync, job_id, owner)
-
-    async def list(self, owner: str | None, limit: int = 20) -> builtins.list[JobView]:
-        return await asyncio.to_thread(self.list_sync, owner, limit)
 
     async def events(
         self,
@@ -515,6 +501,11 @@ class JobService:
                 return view
             view = self.store.owned_view(job_id, owner)
         return view
+
+    submit = _in_thread(submit_sync)
+    get = _in_thread(get_sync)
+    cancel = _in_thread(cancel_sync)
+    list = _in_thread(list_sync)
 
     def count_by_status(self) -> dict[str, int]:
         return self.store.count_by_status()
@@ -779,27 +770,12 @@ class JobService:
         return ClaimedJob(job_id, view.request, input_path, view.attempt, mask_path)
 
     def _move(
-        self,
-        job_id: str,
-        expected: JobStatus,
-        attempt: int,
-        target: JobStatus,
-        *,
-        outputs: Sequence[StoredOutput] = (),
-        cancel_requested: bool | None = None,
-        **fields: Any,
+        self, job_id: str, expected: JobStatus, attempt: int, target: JobStatus, **changes: Any
     ) -> Moved | None:
-        """The one way a job changes status: the store's guarded write, then what the new
-        state brings. None (and nothing done) when the job was not at (expected, attempt)."""
-        moved = self.store.transition(
-            job_id,
-            expected,
-            attempt,
-            target,
-            outputs=outputs,
-            cancel_requested=cancel_requested,
-            **fields,
-        )
+        """The one way a job changes status: the store's guarded write (`JobStore.transition`,
+        which takes `changes`: outputs, cancel_requested, fields), then what the new state
+        brings. None (and nothing done) when the job was not at (expected, attempt)."""
+        moved = self.store.transition(job_id, expected, attempt, target, **changes)
         if moved is None:
             return None
         view = moved.view
