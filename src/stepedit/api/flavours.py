@@ -55,6 +55,17 @@ _EXAMPLES: dict[int, tuple[str, str | None]] = {
     507: ("insufficient_storage", None),
 }
 
+NULLABLE_STRING: dict[str, Any] = {"type": ["string", "null"]}
+
+
+def error_object_schema(fields: dict[str, Any]) -> dict[str, Any]:
+    """The JSON schema of a body `{"error": {<fields>}}`, every field required, in this order."""
+    return {
+        "type": "object",
+        "required": ["error"],
+        "properties": {"error": {"type": "object", "required": list(fields), "properties": fields}},
+    }
+
 
 @dataclass(frozen=True)
 class ErrorShape:

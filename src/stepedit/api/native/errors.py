@@ -6,28 +6,15 @@ from __future__ import annotations
 from typing import Any
 
 from stepedit.api.errors import HTTPError
-from stepedit.api.flavours import ErrorShape
+from stepedit.api.flavours import NULLABLE_STRING, ErrorShape, error_object_schema
 
 
 def render_error(error: HTTPError, request_id: str) -> dict[str, Any]:
     return {"error": {"code": error.code, "message": error.message, "param": error.param}}
 
 
-_NULLABLE_STRING: dict[str, Any] = {"type": ["string", "null"]}
-ERROR_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "required": ["error"],
-    "properties": {
-        "error": {
-            "type": "object",
-            "required": ["code", "message", "param"],
-            "properties": {
-                "code": {"type": "string"},
-                "message": {"type": "string"},
-                "param": _NULLABLE_STRING,
-            },
-        }
-    },
-}
+ERROR_SCHEMA = error_object_schema(
+    {"code": {"type": "string"}, "message": {"type": "string"}, "param": NULLABLE_STRING}
+)
 
 ERRORS = ErrorShape(render_error, ERROR_SCHEMA)

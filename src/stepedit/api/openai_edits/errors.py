@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from stepedit.api.errors import HTTPError
-from stepedit.api.flavours import ErrorShape
+from stepedit.api.flavours import NULLABLE_STRING, ErrorShape, error_object_schema
 from stepedit.errors import QuotaExceeded
 
 _TYPES = {
@@ -39,23 +39,14 @@ def render_error(error: HTTPError, request_id: str) -> dict[str, Any]:
     return openai_error(error, error.param)
 
 
-_NULLABLE_STRING: dict[str, Any] = {"type": ["string", "null"]}
-ERROR_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "required": ["error"],
-    "properties": {
-        "error": {
-            "type": "object",
-            "required": ["message", "type", "param", "code"],
-            "properties": {
-                "message": {"type": "string"},
-                "type": {"type": "string"},
-                "param": _NULLABLE_STRING,
-                "code": _NULLABLE_STRING,
-            },
-        }
-    },
-}
+ERROR_SCHEMA = error_object_schema(
+    {
+        "message": {"type": "string"},
+        "type": {"type": "string"},
+        "param": NULLABLE_STRING,
+        "code": NULLABLE_STRING,
+    }
+)
 OPENAI_STATUSES = {415: 400, 422: 400}
 
 ERRORS = ErrorShape(render_error, ERROR_SCHEMA, statuses=OPENAI_STATUSES)
