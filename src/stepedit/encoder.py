@@ -105,6 +105,12 @@ def vision_utils_size(width: int, height: int) -> tuple[int, int]:
     return w_bar, h_bar
 
 
+def placement(model: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
+    """Where the MLLM runs now (offloading moves it whole) and its dtype: its first weight's."""
+    weight = next(model.parameters())
+    return weight.device, weight.dtype
+
+
 def image_digest(image: Image.Image) -> str:
     """A key for an image's pixels, mode and size (the one digest of the encoding cache)."""
     digest = hashlib.blake2b(digest_size=16)
@@ -137,14 +143,6 @@ class QwenEditEncoder:
         self.image_token_id = int(model.config.image_token_id)
         forward = inspect.signature(type(model).forward).parameters
         self._rope_takes_token_types = "mm_token_type_ids" in forward
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.model.parameters()).dtype
 
     def _single_token(self, text: str) -> int | None:
         ids = self.tokenizer(text).input_ids
@@ -204,11 +202,12 @@ class QwenEditEncoder:
     @torch.inference_mode()
     def encode(self, prompt: str, image: Image.Image) -> Conditioning:
         """Conditioning of batch 1, padded to `max_length`, for one instruction and image."""
+        device, dtype = placement(self.model)
         text = self.render(prompt)
         inputs = self.processor(
             text=[text], images=[self.qwen_view(image)], padding=True, return_tensors="pt"
         )
-        input_ids = self.token_ids(text, inputs["input_ids"][0]).unsqueeze(0).to(self.device)
+        input_ids = self.token_ids(text, inputs["input_ids"][0]).unsqueeze(0).to(device)
         attention_mask = (input_ids > 0).long()
         # transformers 5 builds Qwen's 3-D (M-RoPE) positions only from explicit token types;
         # 4.x, which the reference runs on, derives them from the ids.
@@ -218,19 +217,19 @@ class QwenEditEncoder:
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
-            pixel_values=inputs["pixel_values"].to(self.device, self.dtype),
-            image_grid_thw=inputs["image_grid_thw"].to(self.device),
+            pixel_values=inputs["pixel_values"].to(device, dtype),
+            image_grid_thw=inputs["image_grid_thw"].to(device),
             output_hidden_states=True,
             **token_types,
         )
         hidden = outputs.hidden_states[-1][0, self.prefix_length :][: self.max_length]
         emb = torch.zeros(
-            1, self.max_length, hidden.shape[-1], dtype=self.dtype, device=self.device
+            1, self.max_length, hidden.shape[-1], dtype=dtype, device=device
         )  # [1, max_length, hidden]
-        mask = torch.zeros(1, self.max_length, dtype=torch.long, device=self.device)
+        mask = torch.zeros(1, self.max_length, dtype=torch.long, device=device)
         emb[0, : hidden.shape[0]] = hidden
         mask[0, : hidden.shape[0]] = 1
-        txt_ids = torch.zeros(1, self.max_length, 3, device=self.device)  # no text positions
+        txt_ids = torch.zeros(1, self.max_length, 3, device=device)  # no text positions
         return Conditioning(emb, mask, txt_ids)
 
 

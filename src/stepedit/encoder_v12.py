@@ -33,6 +33,7 @@ from PIL import Image
 from torch import Tensor
 from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
 
+from stepedit.encoder import placement
 from stepedit.errors import InvalidInput
 from stepedit.sampling import Conditioning
 
@@ -205,14 +206,6 @@ class QwenEditEncoderV12:
         rope_params = inspect.signature(model.model.get_rope_index).parameters
         self._rope_takes_token_types = "mm_token_type_ids" in rope_params
 
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.model.parameters()).dtype
-
     def render(self, prompt: str) -> str:
         messages: list[dict[str, Any]] = [
             {
@@ -276,9 +269,10 @@ class QwenEditEncoderV12:
     @torch.inference_mode()
     def encode(self, prompt: str, image: Image.Image) -> Conditioning:
         """Conditioning of batch 1 and length min(T - 90, max_length) for one prompt."""
+        device, dtype = placement(self.model)
         image = image.convert("RGB")
         input_ids, quoted, pixel_values, grid = self.tokenize(self.render(prompt), image)
-        input_ids, grid = input_ids.to(self.device), grid.to(self.device)
+        input_ids, grid = input_ids.to(device), grid.to(device)
         attention_mask = (input_ids > 0).long()
         if input_ids.shape[1] - V12_PREFIX_TOKENS > self.max_length:
             # The instruction precedes the image: a window cut inside the image tokens would
@@ -294,7 +288,7 @@ class QwenEditEncoderV12:
         model: Any = self.model
         inputs_embeds = model.get_input_embeddings()(input_ids)  # [1, T, hidden]
         features = model.model.get_image_features(
-            pixel_values.to(self.device, self.dtype), grid, return_dict=True
+            pixel_values.to(device, dtype), grid, return_dict=True
         ).pooler_output
         features = torch.cat(list(features)) if isinstance(features, list | tuple) else features
         is_image = input_ids == self.image_token_id  # [1, T]
@@ -323,8 +317,8 @@ class QwenEditEncoderV12:
         )
         return Conditioning(
             emb=emb,
-            mask=torch.ones(1, length, dtype=torch.long, device=self.device),
-            txt_ids=txt_ids[None].to(self.device),
+            mask=torch.ones(1, length, dtype=torch.long, device=device),
+            txt_ids=txt_ids[None].to(device),
             text_embeds=inputs_embeds[:, keep],
-            text_mask=quoted[:, keep].to(self.device),
+            text_mask=quoted[:, keep].to(device),
         )
