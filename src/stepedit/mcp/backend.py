@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any, Protocol
 
 from stepedit.mcp.images import ImageArg
@@ -52,12 +51,7 @@ class Backend(Protocol):
 
     async def __aenter__(self) -> Backend: ...
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None: ...
+    async def __aexit__(self, *exc: object) -> None: ...
 
     async def edit(self, image: ImageArg, request: EditRequest, progress: ProgressFn) -> EditResult:
         """Run one edit to its end."""

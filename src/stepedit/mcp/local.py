@@ -13,7 +13,6 @@ import concurrent.futures
 import logging
 import threading
 from dataclasses import dataclass
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from PIL import Image
@@ -78,12 +77,7 @@ class InProcessBackend:
         self._start_loading()
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         self._closing.set()  # a running edit stops at its next step
         self._executor.shutdown(wait=False, cancel_futures=True)
 
