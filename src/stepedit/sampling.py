@@ -100,19 +100,10 @@ class Conditioning:
 
 
 class DiT(Protocol):
-    def __call__(
-        self,
-        *,
-        img: Tensor,
-        img_ids: Tensor,
-        txt_ids: Tensor,
-        timesteps: Tensor,
-        llm_embedding: Tensor,
-        t_vec: Tensor,
-        mask: Tensor,
-        text_embeddings: Tensor | None = None,
-        text_mask: Tensor | None = None,
-    ) -> Tensor: ...
+    """`Step1XEditDiT` or a module standing in for it (a step cache, CFG-parallel, a test's
+    fake): called with the arguments of `Step1XEditDiT.forward`, by keyword (`_velocity`)."""
+
+    def __call__(self, **inputs: Tensor | None) -> Tensor: ...
 
 
 # --- schedule -------------------------------------------------------------------------------
