@@ -524,11 +524,6 @@ def _load_pipeline(args: argparse.Namespace) -> EditPipeline:
     from stepedit.pipeline import EditPipeline
 
     dtype = getattr(torch, DTYPES[args.dtype]) if args.dtype else None
-    load_options: dict[str, Any] = {}
-    if args.text_encoder:
-        load_options["text_encoder"] = args.text_encoder
-    if args.download:
-        load_options["download"] = True
     from stepedit.acceleration.config import plan_optimizations
     from stepedit.pipeline import default_device
 
@@ -541,7 +536,8 @@ def _load_pipeline(args: argparse.Namespace) -> EditPipeline:
         dtype=dtype,
         offload=plan.load_on_host,
         version=args.model_version,
-        **load_options,
+        text_encoder=args.text_encoder or None,
+        download=args.download,
     )
     if plan.config is not None:
         from stepedit.acceleration import AccelerationUnavailable, apply_optimizations

@@ -96,18 +96,14 @@ class InProcessBackend:
         options = self.options
         logger.info("loading %s", options.source)
         dtype = getattr(torch, DTYPES[options.dtype]) if options.dtype else None
-        load_options: dict[str, Any] = {}
-        if options.text_encoder:
-            load_options["text_encoder"] = options.text_encoder
-        if options.download:
-            load_options["download"] = True
         pipeline = EditPipeline.from_pretrained(
             options.source,
             device=options.device,
             dtype=dtype,
             offload=options.offload,
             version=options.version,
-            **load_options,
+            text_encoder=options.text_encoder or None,
+            download=options.download,
         )
         if options.optimize:
             from stepedit.acceleration import apply_optimizations
