@@ -33,10 +33,9 @@ import torch
 from stepedit.errors import WeightsError
 from stepedit.model.presets import AutoEncoderConfig, DiTConfig
 from stepedit.weights.formats import VERSION_CONFIG_KEY, ModelVersion, check_version
-from stepedit.weights.tensors import MappedSource, Shape, TensorSource
+from stepedit.weights.tensors import MappedSource, Shape, TensorSource, key_problems
 
 Kind = Literal["rename", "concat", "swap_halves", "conv1x1"]
-_FIRST_FEW = 5
 
 
 @dataclass(frozen=True)
@@ -267,21 +266,11 @@ def _swap_halves(tensor: torch.Tensor) -> torch.Tensor:
     return torch.cat([second, first], dim=0)
 
 
-def _first(keys: Iterable[str]) -> str:
-    ordered = sorted(keys)
-    more = f" and {len(ordered) - _FIRST_FEW} more" if len(ordered) > _FIRST_FEW else ""
-    return ", ".join(repr(k) for k in ordered[:_FIRST_FEW]) + more
-
-
 def _check_claims(source: TensorSource, wanted: list[str], what: str, layout: str) -> None:
     present = set(source.names())
     missing = [k for k in wanted if k not in present]
     leftover = present - set(wanted)
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing key(s): {_first(missing)}")
-    if leftover:
-        problems.append(f"{len(leftover)} unexpected key(s): {_first(leftover)}")
+    problems = key_problems(sorted(missing), sorted(leftover))
     if problems:
         raise WeightsError(
             f"{what} ({layout} layout) does not match the model: " + "; ".join(problems)

@@ -57,6 +57,7 @@ from stepedit.model.dit import Step1XEditDiT
 from stepedit.model.lora import Adapter, LowRank
 from stepedit.request import LORA_NAME_PATTERN, MAX_LORA_SCALE
 from stepedit.weights.diffusers_layout import dit_key_maps
+from stepedit.weights.tensors import first_keys
 
 if TYPE_CHECKING:
     from stepedit.pipeline import EditPipeline
@@ -70,7 +71,6 @@ OFFICIAL_PREFIX = "lora_unet_"
 OFFICIAL_OUTSIDE_BLOCKS = ("img_in", "time_in.", "vector_in.", "txt_in")
 DIFFUSERS_PREFIXES = ("transformer.", "base_model.model.")
 METADATA_KEY = "lora_adapter_metadata"  # diffusers' LORA_ADAPTER_METADATA_KEY
-_FIRST_FEW = 5
 
 
 # --- what the command line names ----------------------------------------------------------------
@@ -134,12 +134,6 @@ def parse_lora_specs(texts: Iterable[str]) -> list[LoraSpec]:
 # --- reading a file -----------------------------------------------------------------------------
 
 
-def _first(keys: Iterable[str]) -> str:
-    ordered = sorted(keys)
-    more = f" and {len(ordered) - _FIRST_FEW} more" if len(ordered) > _FIRST_FEW else ""
-    return ", ".join(repr(k) for k in ordered[:_FIRST_FEW]) + more
-
-
 def _read_file(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
     if path.suffix != ".safetensors":
         raise WeightsError(f"LoRA {str(path)!r}: only .safetensors files are read (no pickles)")
@@ -168,7 +162,7 @@ def detect_lora_format(keys: Iterable[str]) -> LoraFormat:
         return "diffusers"
     raise WeightsError(
         "not a LoRA file stepedit reads: expected lora_unet_*.lora_down/lora_up keys (official "
-        f"format) or *.lora_A/lora_B keys (diffusers/PEFT); found {_first(keys)}"
+        f"format) or *.lora_A/lora_B keys (diffusers/PEFT); found {first_keys(sorted(keys))}"
     )
 
 
@@ -234,7 +228,8 @@ def _official_deltas(
     unknown = [m for m in groups if m not in targets]
     if unknown:
         raise WeightsError(
-            f"{what}: {len(unknown)} module(s) the DiT has no Linear for: {_first(unknown)}"
+            f"{what}: {len(unknown)} module(s) the DiT has no Linear for: "
+            f"{first_keys(sorted(unknown))}"
         )
     deltas: dict[str, LowRank] = {}
     for module, parts in groups.items():
@@ -289,7 +284,7 @@ def _strip_prefix(tensors: dict[str, Tensor], what: str) -> dict[str, Tensor]:
         others = [k for k in tensors if not k.startswith(DIFFUSERS_PREFIXES)]
         raise WeightsError(
             f"{what}: keys outside the transformer (a pipeline LoRA with other components?): "
-            f"{_first(others)}"
+            f"{first_keys(sorted(others))}"
         )
     return tensors
 
@@ -384,7 +379,7 @@ def _diffusers_deltas(
     if unknown:
         raise WeightsError(
             f"{what}: {len(unknown)} module(s) the diffusers transformer has no Linear for: "
-            f"{_first(unknown)}"
+            f"{first_keys(sorted(unknown))}"
         )
     for module, parts in groups.items():
         if "lora_A.weight" not in parts or "lora_B.weight" not in parts:

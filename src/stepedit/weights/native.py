@@ -25,13 +25,12 @@ import torch
 from torch import nn
 
 from stepedit.errors import WeightsError
-from stepedit.weights.tensors import Shape, TensorSource
+from stepedit.weights.tensors import Shape, TensorSource, first_few, first_keys, key_problems
 
 logger = logging.getLogger(__name__)
 
 ModuleT = TypeVar("ModuleT", bound=nn.Module)
 FLOAT8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
-_FIRST_FEW = 5
 
 
 class Float8StorageLinear(nn.Linear):
@@ -55,11 +54,6 @@ class Float8StorageLinear(nn.Linear):
         return result
 
 
-def _first(keys: list[str]) -> str:
-    more = f" and {len(keys) - _FIRST_FEW} more" if len(keys) > _FIRST_FEW else ""
-    return ", ".join(repr(k) for k in keys[:_FIRST_FEW]) + more
-
-
 def check_keys(expected: dict[str, Shape], source: TensorSource, what: str) -> None:
     """Raise `WeightsError` unless `source` has exactly the expected keys with expected shapes."""
     present = source.names()
@@ -71,14 +65,9 @@ def check_keys(expected: dict[str, Shape], source: TensorSource, what: str) -> N
         for k in present
         if k in expected and source.shape(k) != expected[k]
     ]
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing key(s): {_first(missing)}")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected key(s): {_first(unexpected)}")
+    problems = key_problems(missing, unexpected)
     if misshaped:
-        more = f" and {len(misshaped) - _FIRST_FEW} more" if len(misshaped) > _FIRST_FEW else ""
-        problems.append(f"{len(misshaped)} mis-shaped: " + "; ".join(misshaped[:_FIRST_FEW]) + more)
+        problems.append(f"{len(misshaped)} mis-shaped: " + first_few(misshaped, "; "))
     if problems:
         raise WeightsError(f"{what} checkpoint does not match the model: " + "; ".join(problems))
 
@@ -132,7 +121,9 @@ def assign_tensors(
     still_meta = [n for n, t in module.state_dict(keep_vars=True).items() if t.is_meta]
     still_meta += [n for n, b in module.named_buffers() if b.is_meta and n not in still_meta]
     if still_meta:
-        raise WeightsError(f"after loading, {_first(still_meta)} are still unset (meta tensors)")
+        raise WeightsError(
+            f"after loading, {first_keys(still_meta)} are still unset (meta tensors)"
+        )
     return kept_fp8
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import struct
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Protocol
@@ -20,6 +20,28 @@ from safetensors import safe_open
 from stepedit.errors import WeightsError
 
 Shape = tuple[int, ...]
+FIRST_FEW = 5  # the keys an error message names; it counts the rest
+
+
+def first_few(items: Sequence[str], separator: str = ", ") -> str:
+    """The first `FIRST_FEW` of `items` joined, and how many more there are (error messages)."""
+    more = f" and {len(items) - FIRST_FEW} more" if len(items) > FIRST_FEW else ""
+    return separator.join(items[:FIRST_FEW]) + more
+
+
+def first_keys(keys: Sequence[str]) -> str:
+    """`first_few` of `keys`, quoted, in their order."""
+    return first_few([repr(key) for key in keys])
+
+
+def key_problems(missing: Sequence[str], unexpected: Sequence[str]) -> list[str]:
+    """What a strict loader says of missing and unexpected keys (nothing when there are none)."""
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing key(s): {first_keys(missing)}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected key(s): {first_keys(unexpected)}")
+    return problems
 
 
 class TensorSource(Protocol):
