@@ -145,3 +145,9 @@ def region_options(body: HasRegionOptions) -> RegionOptions:
         preserve_outside_mask=body.preserve_outside_mask,
         preserve_unedited=body.preserve_unedited,
     )
+
+
+def to_request_seed(seed: int | None) -> int | None:
+    """EditRequest's seed from a flavour's: a negative one (the providers' -1) or none asks for
+    a random seed."""
+    return None if seed is None or seed < 0 else seed

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from stepedit.api.protocol import region_options
+from stepedit.api.protocol import region_options, to_request_seed
 from stepedit.api.serving import Call, Submission
 from stepedit.errors import InvalidInput
 from stepedit.inputs import check_prompt
@@ -57,7 +57,7 @@ def to_edit_request(body: GenerationRequest) -> EditRequest:
         negative_prompt=check_prompt(
             body.negative_prompt, param="negative_prompt", allow_empty=True
         ),
-        seed=None if body.seed < 0 else body.seed,
+        seed=to_request_seed(body.seed),
         guidance_scale=body.guidance_scale,
         num_inference_steps=body.steps,
         num_images=body.n,

@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from stepedit.api.protocol import region_options
+from stepedit.api.protocol import region_options, to_request_seed
 from stepedit.api.serving import Call, Submission
 from stepedit.errors import InvalidInput
 from stepedit.inputs import check_prompt
@@ -79,7 +79,7 @@ def to_edit_request(body: WavespeedEditRequest) -> EditRequest:
         negative_prompt=check_prompt(
             body.negative_prompt, param="negative_prompt", allow_empty=True
         ),
-        seed=None if body.seed is None or body.seed < 0 else body.seed,
+        seed=to_request_seed(body.seed),
         guidance_scale=body.guidance_scale,
         num_inference_steps=body.num_inference_steps,
         enable_thinking=body.enable_thinking,
