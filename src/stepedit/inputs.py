@@ -552,3 +552,8 @@ def check_prompt(
     except UnicodeEncodeError:
         raise InvalidInput(f"The {param} is not valid Unicode text.", param=param) from None
     return text
+
+
+def check_negative_prompt(prompt: str) -> str:
+    """`check_prompt` for a negative prompt, which may be empty."""
+    return check_prompt(prompt, param="negative_prompt", allow_empty=True)

@@ -128,20 +128,30 @@ OutpaintAspectRatio = Annotated[
 ]
 
 
-class RegionOptions(TypedDict):
-    """EditRequest's region switches, as every flavour maps them (`region_options`)."""
+class SharedOptions(TypedDict):
+    """EditRequest's fields that every flavour takes under one name and meaning (issue 4's
+    passes, issue 13's region switches), as `shared_options` maps them."""
 
+    enable_thinking: bool | None
+    enable_reflection: bool | None
+    enhance_prompt: bool
     preserve_outside_mask: bool
     preserve_unedited: bool
 
 
-class HasRegionOptions(Protocol):
+class HasSharedOptions(Protocol):
+    enable_thinking: bool | None
+    enable_reflection: bool | None
+    enhance_prompt: bool
     preserve_outside_mask: bool
     preserve_unedited: bool
 
 
-def region_options(body: HasRegionOptions) -> RegionOptions:
-    return RegionOptions(
+def shared_options(body: HasSharedOptions) -> SharedOptions:
+    return SharedOptions(
+        enable_thinking=body.enable_thinking,
+        enable_reflection=body.enable_reflection,
+        enhance_prompt=body.enhance_prompt,
         preserve_outside_mask=body.preserve_outside_mask,
         preserve_unedited=body.preserve_unedited,
     )

@@ -12,9 +12,9 @@ from typing import Any
 
 from PIL import Image
 
-from stepedit.api.protocol import region_options, to_request_seed
+from stepedit.api.protocol import shared_options, to_request_seed
 from stepedit.api.serving import Call, Submission
-from stepedit.inputs import check_prompt
+from stepedit.inputs import check_negative_prompt, check_prompt
 from stepedit.jobs.views import JobView, to_native_dict
 from stepedit.request import EditRequest, LoraChoice
 from stepedit.settings import Settings
@@ -76,9 +76,7 @@ def to_edit_request(body: JobCreate) -> EditRequest:
         loras = tuple(LoraChoice(lora.name, lora.scale) for lora in body.loras)
     return EditRequest(
         prompt=check_prompt(body.prompt, allow_empty=is_outpaint),
-        negative_prompt=check_prompt(
-            body.negative_prompt, param="negative_prompt", allow_empty=True
-        ),
+        negative_prompt=check_negative_prompt(body.negative_prompt),
         seed=to_request_seed(body.seed),
         guidance_scale=body.guidance_scale,
         num_inference_steps=body.num_inference_steps,
@@ -86,16 +84,13 @@ def to_edit_request(body: JobCreate) -> EditRequest:
         output_size=body.output_size,
         num_images=body.num_images,
         strength=body.strength,
-        enable_thinking=body.enable_thinking,
-        enable_reflection=body.enable_reflection,
-        enhance_prompt=body.enhance_prompt,
         cfg_rescale=body.cfg_rescale,
         output_format=body.output_format,
         model=body.model,
         outpaint_padding=body.outpaint_padding,
         outpaint_aspect_ratio=body.outpaint_aspect_ratio,
         loras=loras,
-        **region_options(body),
+        **shared_options(body),
     )
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from stepedit.api.protocol import region_options
+from stepedit.api.protocol import shared_options
 from stepedit.api.serving import Call, Submission
 from stepedit.errors import InvalidInput
 from stepedit.inputs import OPENAI_EDITS_RULES, check_prompt
@@ -68,10 +68,7 @@ def to_edit_request(form: ImageEditForm) -> EditRequest:
         num_inference_steps=form.steps,
         size_level=int(form.size.split("x", 1)[0]),
         output_size="working",
-        enable_thinking=form.enable_thinking,
-        enable_reflection=form.enable_reflection,
-        enhance_prompt=form.enhance_prompt,
-        **region_options(form),
+        **shared_options(form),
     )
 
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from stepedit.api.protocol import region_options, to_request_seed
+from stepedit.api.protocol import shared_options, to_request_seed
 from stepedit.api.serving import Call, Submission
 from stepedit.errors import InvalidInput
-from stepedit.inputs import check_prompt
+from stepedit.inputs import check_negative_prompt, check_prompt
 from stepedit.jobs.views import JobView
 from stepedit.request import EditRequest, Pass
 from stepedit.settings import Settings
@@ -108,18 +108,13 @@ def to_edit_request(body: ReasoningEditRequest) -> EditRequest:
     operation = check_operation(body.operation)
     return EditRequest(
         prompt=check_prompt(body.prompt, allow_empty=operation == OUTPAINT),
-        negative_prompt=check_prompt(
-            body.negative_prompt, param="negative_prompt", allow_empty=True
-        ),
+        negative_prompt=check_negative_prompt(body.negative_prompt),
         seed=to_request_seed(body.seed),
         guidance_scale=body.guidance_scale,
         num_inference_steps=body.steps,
-        enable_thinking=body.enable_thinking,
-        enable_reflection=body.enable_reflection,
-        enhance_prompt=body.enhance_prompt,
         outpaint_padding=body.outpaint_padding,
         outpaint_aspect_ratio=body.outpaint_aspect_ratio,
-        **region_options(body),
+        **shared_options(body),
     )
 
 

@@ -10,10 +10,10 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from stepedit.api.protocol import region_options, to_request_seed
+from stepedit.api.protocol import shared_options, to_request_seed
 from stepedit.api.serving import Call, Submission
 from stepedit.errors import InvalidInput
-from stepedit.inputs import check_prompt
+from stepedit.inputs import check_negative_prompt, check_prompt
 from stepedit.jobs.state import JobStatus
 from stepedit.jobs.views import JobView
 from stepedit.request import EditRequest
@@ -76,16 +76,11 @@ class WavespeedAdapter:
 def to_edit_request(body: WavespeedEditRequest) -> EditRequest:
     return EditRequest(
         prompt=check_prompt(body.prompt),
-        negative_prompt=check_prompt(
-            body.negative_prompt, param="negative_prompt", allow_empty=True
-        ),
+        negative_prompt=check_negative_prompt(body.negative_prompt),
         seed=to_request_seed(body.seed),
         guidance_scale=body.guidance_scale,
         num_inference_steps=body.num_inference_steps,
-        enable_thinking=body.enable_thinking,
-        enable_reflection=body.enable_reflection,
-        enhance_prompt=body.enhance_prompt,
-        **region_options(body),
+        **shared_options(body),
     )
 
 
