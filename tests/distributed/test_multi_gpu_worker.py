@@ -50,11 +50,17 @@ def test_replicas_start_a_worker_per_device_and_stop_together(cluster: Cluster) 
 
 def test_cfg_runs_each_job_across_a_leader_and_a_follower(cluster: Cluster) -> None:
     api = cluster.api()
-    cluster.worker("dummy:tiny-v1.1", *CPU_PAIR, "--parallel", "cfg", "--threads", "1")
+    worker = cluster.worker("dummy:tiny-v1.1", *CPU_PAIR, "--parallel", "cfg", "--threads", "1")
     (listed,) = cluster.wait_workers(api, 1, timeout_s=300)
     assert listed["device"] == "cfg cpu:0+cpu:1"
     ids = [submit(api, 0, num_inference_steps=2, size_level=512)]
     (finished,) = wait_done(api, ids, timeout_s=300)
     assert finished["status"] == "succeeded", finished
-    log = cluster.nodes[-1].log()
+    log = worker.log()
     assert "positive half on cpu:0 (leader)" in log and "[cpu:1 follower]" in log
+    # SIGTERM: the worker stops its follower and exits (it once waited on the follower forever).
+    processes = children_of(worker.process.pid)  # the follower (and multiprocessing's helper)
+    assert processes
+    worker.process.send_signal(signal.SIGTERM)
+    assert worker.process.wait(60) == 0, worker.log()
+    wait_until(lambda: not any(Path(f"/proc/{p}").exists() for p in processes), 30, "children")

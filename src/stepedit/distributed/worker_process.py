@@ -108,5 +108,17 @@ def run_worker(
     finally:
         service.model.stopped()
         heartbeat.stop()
+        close_editor(editor)
         service.close()
     return 0
+
+
+def close_editor(editor: Editor) -> None:
+    """Stop what the editor runs beside this process (a CFG pair's follower), here rather than
+    at exit: multiprocessing's exit handler, which joins child processes, may run first."""
+    close = getattr(editor, "close", None)
+    if callable(close):
+        try:
+            close()
+        except Exception:
+            logger.exception("the editor did not close cleanly")

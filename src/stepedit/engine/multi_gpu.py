@@ -23,6 +23,7 @@ from __future__ import annotations
 import atexit
 import gc
 import logging
+import multiprocessing.util
 import os
 import signal
 import sys
@@ -300,7 +301,11 @@ def load_cfg_editor(settings: Settings, plan: GpuPlan) -> CFGEditor:
         "stepedit-cfg-follower",
     )
     link = FollowerLink(conn, process, leader, call_timeout_s=CALL_TIMEOUT_S)
-    atexit.register(link.close)  # before multiprocessing's own exit joins the follower
+    # A backstop to the owner's close(): at exit, stop the follower before multiprocessing's
+    # exit handler joins it (forever). That handler moves to the front of the exit queue when
+    # multiprocessing's logger is first made, so make it now, before registering.
+    multiprocessing.util.get_logger()
+    atexit.register(link.close)
     try:
         editor = PipelineEditor.from_settings(on_device(settings, leader_device))
         link.wait_ready()
