@@ -75,6 +75,7 @@ def test_cfg_parallel_on_two_processes_equals_one(tmp_path: Path) -> None:
 # to the follower process, which computes the second half. Real processes, gloo, a tiny DiT.
 
 CALL_TIMEOUT_S = 30.0  # the watchdog's; a tiny DiT call takes milliseconds
+HANG_TIMEOUT_S = 6.0  # the hang test's own: its one good call before the hang takes milliseconds
 
 
 class _DyingDiT(torch.nn.Module):
@@ -130,7 +131,8 @@ def _leader(tests_dir: str, out_dir: str, fault: str) -> None:
     torch.set_num_threads(1)
     store, address = open_pair_store("gloo", 600.0)
     process, conn = spawn_child(_follower, (address, tests_dir, out_dir, fault), "follower")
-    link = FollowerLink(conn, process, torch.device("cpu"), call_timeout_s=CALL_TIMEOUT_S)
+    timeout_s = HANG_TIMEOUT_S if fault == "hang" else CALL_TIMEOUT_S
+    link = FollowerLink(conn, process, torch.device("cpu"), call_timeout_s=timeout_s)
     link.wait_ready()
     link.join(store, address)
     leader = CFGLeaderDiT(CFGParallelDiT(make_tiny_dit(seed=7)), link)
@@ -185,7 +187,7 @@ def test_a_follower_that_dies_or_hangs_mid_call_leaves_the_leader_to_finish(
 ) -> None:
     """The follower fails during its second call, while the leader waits in the all-gather:
     gloo reports the closed connection (a crash) or the watchdog stops the follower after
-    CALL_TIMEOUT_S (a hang); either way the leader computes the half itself, from then on."""
+    HANG_TIMEOUT_S (a hang); either way the leader computes the half itself, from then on."""
     from accel_tiny_edit import make_tiny_dit  # type: ignore[import-not-found]
 
     saved = _run_pair(tmp_path, fault)

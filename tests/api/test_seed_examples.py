@@ -3,11 +3,12 @@
 Only the host changes (and a data URI stands in for a placeholder or a public URL the test
 cannot reach). The servers accept the seeds' own API-key spellings as Bearer keys.
 
-- Seeds 000/001 (wavespeed curl) and seed 003 (curl and `openai` example) run on the tiny
-  random model `dummy:tiny-v1.1`. Neither seed fixes a size, so they run at the default working
-  size (about 1024x1024) with the seeds' step counts; a few seconds per step on two cores.
-- Seed 004 defaults to 50 steps at 1024x1024; its curl and multipart forms run on the fake
-  editor (`fake`), as what they exercise is the HTTP contract, not the model.
+- Seeds 000/001 (wavespeed curl) run on the tiny random model `dummy:tiny-v1.1`. The seed fixes
+  no size, so it runs at the default working size (about 1024x1024) with the seed's 30 steps; a
+  few seconds per step on two cores.
+- Seed 003 (curl and `openai` example, 28 steps at 1024x1024 twice) and seed 004 (50 steps at
+  1024x1024) run on the fake editor (`fake`), as what they exercise is the HTTP contract; the
+  model runs end to end behind seeds 000/001 here and seed 002 below.
 - Seed 002's `openai` example runs verbatim on the tiny model in
   `test_openai_edits.py::test_seed_example_against_a_real_server` (its 512x512 default size
   keeps it fast there).
@@ -96,7 +97,7 @@ def test_seed_003_curl_and_openai_examples(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    server = live_server(*KEYS, model="dummy:tiny-v1.1")
+    server = live_server(*KEYS, model="fake:0")
     image_base64_string = base64.b64encode(make_image(64, 48)).decode()
 
     # curl, with the placeholder filled in

@@ -197,7 +197,7 @@ def test_a_follower_killed_mid_edit_leaves_the_edit_to_the_leader(tmp_path: Path
         long_edit = submit(server, num_inference_steps=8, size_level=512)
         wait_until(lambda: job(server, long_edit)["progress"]["step"] >= 2, LOAD_S, "step 2")
         os.kill(parallel(server)["workers"][0]["follower_pid"], signal.SIGKILL)
-        later = submit(server)
+        later = submit(server, size_level=512)
         jobs = wait_done(server, [long_edit, later])
         assert [j["status"] for j in jobs] == ["succeeded", "succeeded"], jobs
         (pair,) = parallel(server)["workers"]
